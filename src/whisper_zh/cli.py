@@ -1,0 +1,42 @@
+"""Command-line entry point: `whisper-zh <command>`. Each command lives in whisper_zh.commands.<name>."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Each module defines `add_parser(subparsers) -> None` (which sets `func=run`) and `run(args) -> int`.
+COMMANDS = (
+    "whisper_zh.commands.transcribe",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="whisper-zh",
+        description="Mandarin Chinese speech recognition with Whisper: transcribe, evaluate, fine-tune, serve.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug information")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in COMMANDS:
+        importlib.import_module(module_name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
