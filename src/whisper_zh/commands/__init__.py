@@ -1,0 +1,1 @@
+"""Command-line commands: one module per `whisper-zh` subcommand (argument parsing and console output only)."""
