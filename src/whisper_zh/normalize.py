@@ -1,16 +1,52 @@
-"""Text normalisation: Traditional -> Simplified conversion for output, and the scoring normaliser.
+"""Text normalisation: script conversion for output, and the scoring normaliser shared by evaluation and training.
 
-OpenCC does the script conversion (t2s for output, s2t on request).
+Two things live here:
+
+* :func:`convert_script` turns model output into Simplified (OpenCC ``t2s``) or Traditional (``s2t``) Chinese.
+* :class:`TextNormalizer` makes a reference and a hypothesis comparable before they are scored. It is a frozen
+  dataclass of switchable steps that always run in this order:
+
+  1. ``width``        NFKC folding: full-width letters, digits and punctuation become half-width (ＡＢ１２ -> AB12).
+  2. ``script``       OpenCC conversion, Traditional -> Simplified by default (``"as-is"`` switches it off).
+  3. ``lowercase``    Latin letters lower-cased.
+  4. ``numbers``      optional number normalisation with cn2an: ``"arabic"`` (二十九 -> 29, 百分之五 -> 5%) or
+                      ``"chinese"`` (29 -> 二十九); ``"off"`` by default. It runs before punctuation removal
+                      because ``%`` and the decimal point carry meaning for it.
+  5. ``punctuation``  Chinese and ASCII punctuation (every Unicode ``P*`` character, plus ``~ ^ | `````) removed;
+                      a decimal point between two digits is kept.
+  6. ``whitespace``   whitespace next to a CJK character removed, other runs collapsed to one space, so Latin words
+                      stay separate words (``"我 爱 Python 3"`` -> ``"我爱python 3"``).
+
+``TextNormalizer.steps`` lists the steps that run, in order, for the report. Normalise references and hypotheses
+with the same instance; the normaliser is deterministic and has no state.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
+import warnings
+from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 import opencc
 
 Script = Literal["simplified", "traditional", "as-is"]
+NumberMode = Literal["off", "arabic", "chinese"]
+
+# Scripts written without spaces between words: CJK ideographs (all extensions and compatibility blocks), kana.
+CJK_RANGES = (
+    "\u3040-\u30ff"  # hiragana, katakana
+    "\u3400-\u4dbf"  # extension A
+    "\u4e00-\u9fff"  # unified ideographs
+    "\uf900-\ufaff"  # compatibility ideographs
+    "\U00020000-\U0003134f"  # extensions B-G
+)
+CJK_CHAR = re.compile(f"[{CJK_RANGES}]")
+_SPACE_NEAR_CJK = re.compile(f"(?<=[{CJK_RANGES}])\\s+|\\s+(?=[{CJK_RANGES}])")
+_SPACES = re.compile(r"\s+")
+_EXTRA_PUNCTUATION = frozenset("~^|`")
 
 
 @lru_cache(maxsize=4)
@@ -27,3 +63,123 @@ def convert_script(text: str, script: Script = "simplified") -> str:
     if script == "traditional":
         return _converter("s2t").convert(text)
     raise ValueError(f"unknown script '{script}': use simplified, traditional or as-is")
+
+
+def has_cjk(text: str) -> bool:
+    """True when ``text`` contains at least one CJK ideograph or kana."""
+    return CJK_CHAR.search(text) is not None
+
+
+def fold_width(text: str) -> str:
+    """NFKC: full-width forms to half-width, compatibility characters to their plain form."""
+    return unicodedata.normalize("NFKC", text)
+
+
+def convert_numbers(text: str, mode: NumberMode) -> str:
+    """Rewrite numbers with cn2an: 'arabic' (二十九 -> 29, 百分之五 -> 5%), 'chinese' (29 -> 二十九) or 'off'.
+
+    cn2an's 'cn2an' direction also rewrites 一 inside words (一些 -> 1些); applied to reference and hypothesis
+    alike that is harmless for scoring, which is the only use of this function.
+    """
+    if mode == "off" or not text:
+        return text
+    if mode not in ("arabic", "chinese"):
+        raise ValueError(f"unknown number mode '{mode}': use off, arabic or chinese")
+    import cn2an  # imported lazily: it loads a few regex tables
+
+    with warnings.catch_warnings():  # cn2an warns on strings like 万一 that look numeric but are not
+        warnings.simplefilter("ignore")
+        return cn2an.transform(text, "cn2an" if mode == "arabic" else "an2cn")
+
+
+def remove_punctuation(text: str) -> str:
+    """Drop Unicode punctuation (categories P*) and ``~ ^ | ` ``.
+
+    Kept: a '.' between two digits (3.5) and an apostrophe between two Latin letters (it's; ’ becomes ').
+    """
+    out = []
+    last = len(text) - 1
+    for i, char in enumerate(text):
+        if char == "." and 0 < i < last and text[i - 1].isdigit() and text[i + 1].isdigit():
+            out.append(char)
+        elif char in "'\u2019" and 0 < i < last and _is_latin(text[i - 1]) and _is_latin(text[i + 1]):
+            out.append("'")  # an apostrophe inside a word: it's, don't
+        elif unicodedata.category(char).startswith("P") or char in _EXTRA_PUNCTUATION:
+            # A space keeps Latin words apart ("hello,world"); the whitespace step drops it next to CJK.
+            out.append(" ")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _is_latin(char: str) -> bool:
+    return char.isascii() and char.isalpha()
+
+
+def normalize_whitespace(text: str) -> str:
+    """Remove whitespace next to CJK characters; collapse other whitespace runs to one space; strip."""
+    return _SPACES.sub(" ", _SPACE_NEAR_CJK.sub("", text)).strip()
+
+
+@dataclass(frozen=True)
+class TextNormalizer:
+    """The scoring normaliser: switchable steps, applied in a fixed order (see the module docstring).
+
+    ``TextNormalizer()`` is the default for scoring; ``TextNormalizer(numbers="arabic")`` adds number
+    normalisation. Call the instance on a string; ``steps`` says which steps run.
+    """
+
+    width: bool = True
+    script: Script = "simplified"
+    lowercase: bool = True
+    numbers: NumberMode = "off"
+    punctuation: bool = True
+    whitespace: bool = True
+
+    def __post_init__(self) -> None:
+        if self.script not in ("simplified", "traditional", "as-is"):
+            raise ValueError(f"unknown script '{self.script}': use simplified, traditional or as-is")
+        if self.numbers not in ("off", "arabic", "chinese"):
+            raise ValueError(f"unknown number mode '{self.numbers}': use off, arabic or chinese")
+
+    @property
+    def steps(self) -> list[str]:
+        """Names of the steps that run, in order (e.g. ``['width', 'script:simplified', ...]``)."""
+        steps = []
+        if self.width:
+            steps.append("width")
+        if self.script != "as-is":
+            steps.append(f"script:{self.script}")
+        if self.lowercase:
+            steps.append("lowercase")
+        if self.numbers != "off":
+            steps.append(f"numbers:{self.numbers}")
+        if self.punctuation:
+            steps.append("punctuation")
+        if self.whitespace:
+            steps.append("whitespace")
+        return steps
+
+    def __call__(self, text: str) -> str:
+        """Normalise one string."""
+        if self.width:
+            text = fold_width(text)
+        text = convert_script(text, self.script)
+        if self.lowercase:
+            text = text.lower()
+        text = convert_numbers(text, self.numbers)
+        if self.punctuation:
+            text = remove_punctuation(text)
+        if self.whitespace:
+            text = normalize_whitespace(text)
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """Settings plus the list of steps that run, for reports."""
+        return {**asdict(self), "steps": self.steps}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TextNormalizer:
+        """Inverse of :meth:`to_dict` (unknown keys such as ``steps`` are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
