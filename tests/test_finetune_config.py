@@ -1,0 +1,116 @@
+"""Fine-tuning configuration: reference defaults, recipes, config files and CLI overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from whisper_zh.training.config import (
+    ConfigError,
+    FinetuneConfig,
+    apply_overrides,
+    available_recipes,
+    build_config,
+    parse_set_options,
+    read_config_file,
+    save_config,
+)
+
+
+def test_defaults_are_the_reference_recipe():
+    config = FinetuneConfig()
+    assert (config.learning_rate, config.per_device_train_batch_size, config.gradient_accumulation_steps) == (
+        1e-5, 2, 16)
+    assert config.total_batch_size == 32
+    assert config.optimizer == "adamw" and config.lr_scheduler == "linear" and config.warmup_steps > 0
+    assert config.script == "simplified"
+
+
+def test_medium_recipe_is_shipped_and_matches_reference():
+    assert "whisper-medium-zh-cn" in available_recipes()
+    config = build_config(recipe="whisper-medium-zh-cn")
+    assert config.model == "medium"
+    assert config.learning_rate == 1e-5
+    assert config.per_device_train_batch_size == 2
+    assert config.gradient_accumulation_steps == 16
+    assert (config.adam_beta1, config.adam_beta2, config.adam_epsilon) == (0.9, 0.999, 1e-8)
+
+
+def test_every_shipped_recipe_loads_and_validates():
+    for name in available_recipes():
+        build_config(recipe=name)
+
+
+def test_precedence_recipe_then_file_then_flags(tmp_path):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("learning_rate: 3.0e-5\nmax_steps: 7\nlora:\n  enabled: true\n  r: 8\n", encoding="utf-8")
+    config = build_config(recipe="whisper-medium-zh-cn", config_file=yaml_file, overrides={"max_steps": 9})
+    assert config.model == "medium"  # from the recipe
+    assert config.learning_rate == 3e-5  # file beats recipe
+    assert config.max_steps == 9  # flag beats file
+    assert config.lora.enabled and config.lora.r == 8
+
+
+def test_toml_config_and_set_overrides(tmp_path):
+    toml_file = tmp_path / "c.toml"
+    toml_file.write_text('model = "tiny"\ngradient_accumulation_steps = 4\n[diagnostics]\nflat_window = 3\n',
+                         encoding="utf-8")
+    sets = parse_set_options(["lora.r=4", "packing=true", "max_eval_samples=12", "lr_scheduler=cosine"])
+    config = build_config(config_file=toml_file, overrides=sets)
+    assert config.model == "tiny" and config.gradient_accumulation_steps == 4
+    assert config.diagnostics.flat_window == 3
+    assert config.lora.r == 4 and config.packing is True and config.max_eval_samples == 12
+    assert config.lr_scheduler == "cosine"
+
+
+def test_saved_config_reads_back_identically(tmp_path):
+    config = build_config(overrides={"learning_rate": 2e-5, "lora.enabled": True, "packing": True})
+    save_config(config, tmp_path / "run.yaml")
+    again = build_config(config_file=tmp_path / "run.yaml")
+    assert again == config
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"learnig_rate": 1}, "unknown setting 'learnig_rate'"),
+        ({"max_steps": "many"}, "not a valid int"),
+        ({"learning_rate": -1.0}, "learning_rate must be > 0"),
+        ({"precision": "fp8"}, "precision 'fp8'"),
+        ({"lora.rank": 3}, "unknown setting 'lora.rank'"),
+    ],
+)
+def test_bad_settings_give_one_line_errors(values, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(FinetuneConfig(), values).validate()
+
+
+def test_unknown_recipe_and_bad_file(tmp_path):
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'.*whisper-medium-zh-cn"):
+        build_config(recipe="nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: [1, \n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        read_config_file(bad)
+    with pytest.raises(ConfigError, match="--set x: expected KEY=VALUE"):
+        parse_set_options(["x"])
+
+
+def test_cli_print_config_applies_flags(capsys):
+    import argparse
+
+    from whisper_zh.commands import finetune
+
+    parser = argparse.ArgumentParser()
+    finetune.add_parser(parser.add_subparsers())
+    args = parser.parse_args(
+        ["finetune", "--recipe", "whisper-medium-zh-cn", "--lr", "2e-5", "--batch-size", "4", "--lora",
+         "--set", "warmup_steps=10", "--print-config"])
+    assert args.func(args) == 0
+    import yaml
+
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["learning_rate"] == 2e-5
+    assert printed["per_device_train_batch_size"] == 4
+    assert printed["gradient_accumulation_steps"] == 16
+    assert printed["warmup_steps"] == 10
+    assert printed["lora"]["enabled"] is True
