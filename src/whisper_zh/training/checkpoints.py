@@ -1,0 +1,141 @@
+"""Atomic training checkpoints: written to a temporary directory, fsynced, renamed, then marked complete.
+
+A checkpoint directory ``checkpoints/step-000120`` counts only when it holds ``COMPLETE``, a JSON manifest of
+every file with its size, written last. A kill -9 at any moment leaves either no directory under that name
+(the temporary one starts with '.tmp-') or a complete one; ``latest_complete`` also checks the manifest's sizes,
+so a torn copy made by other means is skipped, never resumed from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+MARKER = "COMPLETE"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same directory, fsync, os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def checkpoint_dir(root: Path, step: int) -> Path:
+    return Path(root) / f"step-{step:06d}"
+
+
+def write_checkpoint(root: Path, step: int, writer: Callable[[Path], None], *, meta: dict | None = None) -> Path:
+    """Create ``root/step-NNNNNN`` atomically: ``writer(tmp_dir)`` fills it, then fsync, rename, marker.
+
+    An existing checkpoint of the same step is replaced (after the new one is complete on disk).
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_dir(root, step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:06d}-", dir=root))
+    try:
+        writer(tmp)
+        files = {}
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+            files[str(path.relative_to(tmp))] = path.stat().st_size
+        _fsync_dir(tmp)
+        if final.exists():  # same step saved again (e.g. after resume): move the old one out of the way first
+            trash = root / f".trash-{final.name}-{os.getpid()}"
+            os.replace(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # The marker goes last: only now does the checkpoint count as complete.
+    atomic_write_text(final / MARKER, json.dumps({"step": step, "files": files, **(meta or {})}, indent=1))
+    return final
+
+
+def is_complete(path: Path) -> bool:
+    """True when ``path`` has a marker and every file it lists exists with the recorded size."""
+    marker = Path(path) / MARKER
+    if not marker.is_file():
+        return False
+    try:
+        manifest = json.loads(marker.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+    for name, size in files.items():
+        candidate = Path(path) / name
+        if not candidate.is_file() or candidate.stat().st_size != size:
+            return False
+    return True
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """All step directories under ``root`` (complete or not), sorted by step."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_complete(root: Path) -> Path | None:
+    """The complete checkpoint with the highest step, or None."""
+    for _, path in reversed(list_checkpoints(root)):
+        if is_complete(path):
+            return path
+    return None
+
+
+def prune(root: Path, keep_last: int, protect: tuple[Path, ...] = ()) -> list[Path]:
+    """Delete old checkpoints (and leftover temporary dirs), keeping the newest ``keep_last`` and ``protect``."""
+    root = Path(root)
+    removed = []
+    complete = [p for _, p in list_checkpoints(root) if is_complete(p)]
+    keep = set(complete[-keep_last:]) | {Path(p).resolve() for p in protect} | set(complete[-keep_last:])
+    keep = {p.resolve() for p in keep}
+    for _, path in list_checkpoints(root):
+        if path.resolve() not in keep:
+            # Remove the marker first, so a kill mid-delete leaves an incomplete (ignored) directory.
+            (path / MARKER).unlink(missing_ok=True)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.name.startswith((".tmp-step-", ".trash-")):
+                shutil.rmtree(child, ignore_errors=True)
+    return removed
