@@ -132,11 +132,16 @@ class Alignment:
                 out.extend((op, "", token) for token in self.hyp[h0:h1])
         return out
 
-    def markup(self) -> str:
-        """A one-line diff: ``设定二十[九→八]度``; ``[-x]`` deleted, ``[+x]`` inserted, ``[a→b]`` substituted."""
+    def markup(self, spaced: bool = False) -> str:
+        """A one-line diff: ``设定二十[九→八]度``; ``[-x]`` deleted, ``[+x]`` inserted, ``[a→b]`` substituted.
+
+        ``spaced`` puts a space between two Latin/number tokens (for word and mixed units; characters join
+        without one).
+        """
+        join = _join if spaced else "".join
         parts = []
         for op, r0, r1, h0, h1 in self.chunks:
-            ref, hyp = _join(self.ref[r0:r1]), _join(self.hyp[h0:h1])
+            ref, hyp = join(self.ref[r0:r1]), join(self.hyp[h0:h1])
             if op == "equal":
                 parts.append(ref)
             elif op == "substitute":
@@ -145,7 +150,7 @@ class Alignment:
                 parts.append(f"[-{ref}]")
             else:
                 parts.append(f"[+{hyp}]")
-        return _join(parts)
+        return join(parts)
 
 
 def _join(tokens: Sequence[str]) -> str:

@@ -1,0 +1,120 @@
+"""`whisper-zh evaluate`: transcribe a dataset and score it (CER first), or compare two reports."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+from whisper_zh.commands.transcribe import add_model_arguments, decode_options_from_args
+from whisper_zh.data import FORMATS
+from whisper_zh.errors import WhisperZhError
+from whisper_zh.metrics import DEFAULT_RESAMPLES
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="transcribe a dataset and report CER (with CI), MER, WER on words, SER",
+        description=(
+            "Transcribe --data with --model and write report.json, report.md and predictions.jsonl; "
+            "or, with --compare A B, compare two reports with a paired bootstrap."
+        ),
+    )
+    p.add_argument("--data", help="manifest.jsonl, Kaldi/AISHELL/Common Voice directory, saved HF dataset, "
+                   "audio folder with .txt transcripts, or a hub dataset id")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two report.json files (B minus A)")
+    p.add_argument("--format", dest="data_format", choices=FORMATS, help="force the data format (default: detect)")
+    p.add_argument("--split", help="split to read (AISHELL, Common Voice, HF datasets; default: test)")
+    p.add_argument("--config", help="hub dataset configuration, e.g. zh-CN")
+    p.add_argument("--limit", type=int, help="evaluate only the first N utterances")
+    for column in ("audio", "text", "id", "speaker"):
+        p.add_argument(f"--{column}-column", help=f"name of the {column} column (manifests, HF datasets)")
+    p.add_argument("--output-dir", help="where the report goes (default: out/eval/<model>-<data>)")
+    add_model_arguments(p)
+    norm = p.add_argument_group("scoring normalisation (applied to reference and hypothesis alike)")
+    norm.add_argument("--numbers", choices=("arabic", "chinese"), default="arabic",
+                      help="number form for the 'numbers' scoring (default: arabic, 二十九 -> 29)")
+    norm.add_argument("--no-width", action="store_true", help="skip NFKC full/half-width folding")
+    norm.add_argument("--no-script", action="store_true", help="skip Traditional -> Simplified conversion")
+    norm.add_argument("--no-lowercase", action="store_true", help="keep Latin letter case")
+    norm.add_argument("--keep-punctuation", action="store_true", help="score punctuation too")
+    norm.add_argument("--keep-spaces", action="store_true", help="keep whitespace between CJK characters")
+    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.compare:
+        return _compare(args)
+    if not args.data:
+        print("error: give --data (a dataset to evaluate) or --compare A B", file=sys.stderr)
+        return 2
+    from whisper_zh.data import load_source
+    from whisper_zh.evaluation import default_scorings, evaluate, metrics_table, summary_line
+    from whisper_zh.transcriber import Transcriber
+
+    try:
+        options = decode_options_from_args(args)
+        scorings = default_scorings(
+            args.numbers, width=not args.no_width, script="as-is" if args.no_script else "simplified",
+            lowercase=not args.no_lowercase, punctuation=not args.keep_punctuation, whitespace=not args.keep_spaces,
+        )
+        source = load_source(
+            args.data, args.data_format, split=args.split, config=args.config, limit=args.limit,
+            audio_column=args.audio_column, text_column=args.text_column, id_column=args.id_column,
+            speaker_column=args.speaker_column,
+        )
+        started = time.perf_counter()
+        transcriber = Transcriber(
+            args.model, device=args.device, compute_type=args.compute_type, cpu_threads=args.threads
+        )
+        load_seconds = time.perf_counter() - started
+        result = evaluate(
+            transcriber, source, options, scorings=scorings, n_resamples=args.resamples, seed=args.seed,
+            progress=not args.quiet,
+        )
+        result.report["timing"]["model_load_seconds"] = round(load_seconds, 3)
+        output_dir = Path(args.output_dir or _default_output_dir(args.model, args.data))
+        paths = result.write(output_dir)
+    except (WhisperZhError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = result.report
+    print(metrics_table(report))
+    print()
+    print(summary_line(report))
+    data = report["data"]
+    if data["skipped"]:
+        print(f"{data['skipped']} of {data['utterances']} rows skipped (listed in report.md):", file=sys.stderr)
+        for bad in report["bad_rows"][:10]:
+            print(f"  {bad['id']}: {bad['reason']}", file=sys.stderr)
+        if len(report["bad_rows"]) > 10:
+            print(f"  ... and {len(report['bad_rows']) - 10} more", file=sys.stderr)
+    print(f"wrote {paths['report']}, {paths['markdown']}, {paths['predictions']}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from whisper_zh.evaluation import compare_reports, format_comparison
+
+    try:
+        comparison = compare_reports(*args.compare, n_resamples=args.resamples, seed=args.seed)
+    except WhisperZhError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_comparison(comparison))
+    return 0
+
+
+def _default_output_dir(model: str, data: str) -> Path:
+    def slug(text: str) -> str:
+        path = Path(text)
+        name = path.parent.name if path.name in ("manifest.jsonl", "report.json") else (path.stem or path.name)
+        return re.sub(r"[^\w.-]+", "_", name).strip("_") or "data"
+
+    return Path("out") / "eval" / f"{slug(model)}-{slug(data)}"
