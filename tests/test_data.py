@@ -21,7 +21,9 @@ needs_shared = pytest.mark.skipif(
 
 
 def _clips(n: int = 3) -> list[dict]:
-    rows = [json.loads(line) for line in (SHARED / "manifest.jsonl").read_text(encoding="utf-8").splitlines()[:n]]
+    rows = [
+        json.loads(line) for line in (SHARED / "manifest.jsonl").read_text(encoding="utf-8").splitlines()[:n]
+    ]
     for row in rows:
         row["path"] = SHARED / row["audio"]
     return rows
@@ -78,9 +80,7 @@ def test_kaldi_directory(tmp_path):
     clips = _clips(3)
     shutil.copy(clips[1]["path"], tmp_path / "rel.flac")
     (tmp_path / "wav.scp").write_text(
-        f"{clips[0]['id']} {clips[0]['path']}\n"
-        f"{clips[1]['id']} rel.flac\n"
-        f"piped sox in.wav -t wav - |\n",
+        f"{clips[0]['id']} {clips[0]['path']}\n{clips[1]['id']} rel.flac\npiped sox in.wav -t wav - |\n",
         encoding="utf-8",
     )
     (tmp_path / "text").write_text(
@@ -206,8 +206,10 @@ def test_hf_save_to_disk(tmp_path):
     # A DatasetDict: the split is chosen by name.
     both = tmp_path / "dict"
     datasets.DatasetDict(
-        {"train": datasets.Dataset.from_dict(table, features=features),
-         "validation": datasets.Dataset.from_dict(table, features=features).select([0])}
+        {
+            "train": datasets.Dataset.from_dict(table, features=features),
+            "validation": datasets.Dataset.from_dict(table, features=features).select([0]),
+        }
     ).save_to_disk(str(both))
     assert len(list(load_source(both, split="validation", audio_column="speech"))) == 1
     with pytest.raises(DataError, match="available: train, validation"):
@@ -265,7 +267,9 @@ def test_streamed_dataset_rows_as_the_hub_path_gets_them(tmp_path):
         "client_id": ["a", "b"],
     }
     stream = datasets.Dataset.from_dict(table).to_iterable_dataset()
-    source = _hf_source(stream, "local-stream", "hub", dict.fromkeys(("audio", "text", "id", "speaker", "duration")), 1)
+    source = _hf_source(
+        stream, "local-stream", "hub", dict.fromkeys(("audio", "text", "id", "speaker", "duration")), 1
+    )
     utts = list(source)
     assert len(utts) == 1 and utts[0].text == clips[0]["text"] and utts[0].speaker == "a"
     assert isinstance(utts[0].audio, np.ndarray) and len(utts[0].audio) == len(load_audio(clips[0]["path"]))
@@ -283,4 +287,18 @@ def test_hub_id_offline_is_a_clear_error():
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.stdout.startswith("DataError mozilla-foundation/common_voice_17_0: cannot open the hub dataset")
+    assert out.stdout.startswith(
+        "DataError mozilla-foundation/common_voice_17_0: cannot open the hub dataset"
+    )
+
+
+@needs_shared
+def test_hf_audio_feature_is_read_without_torchcodec(tmp_path):
+    """An `Audio` column is read undecoded (bytes) and decoded by soundfile/PyAV, not by datasets."""
+    datasets = pytest.importorskip("datasets")
+    clip = _clips(1)[0]
+    dataset = datasets.Dataset.from_dict({"audio": [str(clip["path"])], "text": [clip["text"]]})
+    dataset.cast_column("audio", datasets.Audio(sampling_rate=16000)).save_to_disk(str(tmp_path / "ds"))
+    utts = list(load_source(tmp_path / "ds"))
+    assert len(utts) == 1 and isinstance(utts[0].audio, np.ndarray)
+    assert np.allclose(utts[0].audio, load_audio(clip["path"]), atol=1e-6)

@@ -182,11 +182,11 @@ def evaluate(
     started = time.perf_counter()
     results: dict[int, Any] = {}
     for index, result in transcriber.transcribe_iter(
-        [u.audio for u in utterances], options, on_progress=bar.update if bar else None
+        [u.audio for u in utterances], options, on_progress=(lambda s: _advance(bar, s)) if bar else None
     ):
         results[index] = result
         if bar is not None and isinstance(result, AudioError):
-            bar.update(utterances[index].duration or 0.0)
+            _advance(bar, utterances[index].duration or 0.0)
     wall = time.perf_counter() - started
     if bar is not None:
         bar.close()
@@ -323,6 +323,13 @@ def _progress_bar(utterances: list[Utterance], enabled: bool) -> Any:
     total = round(sum(known), 1) if len(known) == len(utterances) else None
     return tqdm(total=total, unit="s", unit_scale=True, desc=f"transcribing {len(utterances)} utterances",
                 file=sys.stderr, dynamic_ncols=True)
+
+
+def _advance(bar: Any, seconds: float) -> None:
+    """Move the bar on, never past its total (decoded durations can exceed the manifest's by a few ms)."""
+    if bar.total is not None:
+        seconds = min(seconds, bar.total - bar.n)
+    bar.update(round(seconds, 2))
 
 
 def _jsonable(value: Any) -> Any:
