@@ -1,0 +1,58 @@
+"""Shared test fixtures: the shared AISHELL-1 sample, the embedded model, a session-wide Transcriber.
+
+Helpers may append fixtures at the end of this file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "aishell1-sample-S0150"
+EXAMPLES = REPO / "examples"
+
+
+def shared_rows() -> list[dict]:
+    manifest = SHARED_DATA / "manifest.jsonl"
+    if not manifest.is_file():
+        pytest.skip(
+            f"shared AISHELL-1 sample not found at {SHARED_DATA} (expected ../shared beside the repo)"
+        )
+    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for row in rows:
+        row["path"] = str(SHARED_DATA / row["audio"])
+    return rows
+
+
+@pytest.fixture(scope="session")
+def aishell_rows() -> list[dict]:
+    """All 500 rows of the shared manifest, each with an absolute `path`; skips when shared data is absent."""
+    return shared_rows()
+
+
+@pytest.fixture(scope="session")
+def news_rows(aishell_rows: list[dict]) -> list[dict]:
+    """The public AISHELL-1 news utterances (W0121-W0496)."""
+    return [row for row in aishell_rows if row["domain"] == "news"]
+
+
+@pytest.fixture(scope="session")
+def example_clips() -> list[dict]:
+    """The two AISHELL-1 clips shipped in examples/ (always present), with references."""
+    rows = [
+        json.loads(line) for line in (EXAMPLES / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    for row in rows:
+        row["path"] = str(EXAMPLES / row["audio"])
+    return rows
+
+
+@pytest.fixture(scope="session")
+def transcriber():
+    """The real embedded Whisper base, loaded once for the whole session."""
+    from whisper_zh import Transcriber
+
+    return Transcriber("base")
