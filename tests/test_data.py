@@ -61,6 +61,7 @@ def test_jsonl_relative_paths_and_bad_rows(tmp_path):
         "{not json",
         json.dumps({"text": "no audio field"}),
         json.dumps({"audio_filepath": str(clips[1]["path"]), "text": clips[1]["text"], "duration": 2.4}),
+        json.dumps({"audio": "a/one.flac", "text": "重复", "id": "one"}, ensure_ascii=False),
     ]
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -72,6 +73,7 @@ def test_jsonl_relative_paths_and_bad_rows(tmp_path):
     assert "audio file not found" in reasons["gone"]
     assert reasons["blank"] == "empty reference text"
     assert "malformed" in reasons["line 4"] and "malformed" in reasons["line 5"]
+    assert reasons["one"].startswith("duplicate id")  # the first row with the id is kept
     assert [p.where for p in source.problems][:1] == ["m.jsonl:2"]
 
 

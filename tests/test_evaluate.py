@@ -58,16 +58,29 @@ def test_report_files(tmp_path):
     predictions = _predictions()
     source = DataSource("fixture.jsonl", "jsonl", [], [])
     evaluation = build_evaluation(
-        score_predictions(predictions, n_resamples=100), source, model={"name": "fixture"},
-        timing={"wall_seconds": 2.0, "audio_seconds": 8.0, "real_time_factor": 0.25}, all_predictions=predictions,
+        score_predictions(predictions, n_resamples=100),
+        source,
+        model={"name": "fixture"},
+        timing={"wall_seconds": 2.0, "audio_seconds": 8.0, "real_time_factor": 0.25},
+        all_predictions=predictions,
     )
     paths = evaluation.write(tmp_path)
     report = json.loads(paths["report"].read_text(encoding="utf-8"))
     assert report["data"] == {
-        "location": "fixture.jsonl", "format": "jsonl", "utterances": 5, "problems": 0, "scored": 3, "skipped": 2,
+        "location": "fixture.jsonl",
+        "format": "jsonl",
+        "utterances": 5,
+        "problems": 0,
+        "scored": 3,
+        "skipped": 2,
     }
     assert report["normalisation"]["numbers"]["steps"] == [
-        "width", "script:simplified", "lowercase", "numbers:arabic", "punctuation", "whitespace",
+        "width",
+        "script:simplified",
+        "lowercase",
+        "numbers:arabic",
+        "punctuation",
+        "whitespace",
     ]
     assert report["metrics"]["plain"]["cer"]["rate"] == pytest.approx(6 / 17)
     assert {"python", "jiwer", "opencc", "cn2an"} <= set(report["versions"])
@@ -77,8 +90,13 @@ def test_report_files(tmp_path):
     rows = [json.loads(line) for line in paths["predictions"].read_text(encoding="utf-8").splitlines()]
     assert [r["id"] for r in rows] == ["u1", "u2", "u3", "u4", "u5"]  # one row per utterance, in data order
     assert rows[0]["scores"]["numbers"] == {
-        "ref": "设定29度", "hyp": "设定29度", "substitutions": 0, "deletions": 0, "insertions": 0,
-        "ref_len": 5, "errors": 0,
+        "ref": "设定29度",
+        "hyp": "设定29度",
+        "substitutions": 0,
+        "deletions": 0,
+        "insertions": 0,
+        "ref_len": 5,
+        "errors": 0,
     }
     assert rows[4]["skipped"].startswith("unreadable audio")
     markdown = paths["markdown"].read_text(encoding="utf-8")
@@ -91,7 +109,9 @@ def test_report_files(tmp_path):
 
 def _write_system(tmp_path: Path, name: str, hyps: list[str], refs: list[str]) -> Path:
     predictions = [Prediction(f"u{i}", r, h) for i, (r, h) in enumerate(zip(refs, hyps, strict=True))]
-    evaluation = build_evaluation(score_predictions(predictions, n_resamples=100), None, all_predictions=predictions)
+    evaluation = build_evaluation(
+        score_predictions(predictions, n_resamples=100), None, all_predictions=predictions
+    )
     return evaluation.write(tmp_path / name)["report"]
 
 
@@ -119,16 +139,23 @@ def test_compare_reports(tmp_path, capsys):
     assert "share no scored utterance" in capsys.readouterr().err
 
 
-def test_cli_refuses_missing_data(capsys):
+def test_cli_refuses_bad_arguments_before_loading_the_model(tmp_path, capsys):
     assert main(["evaluate", "--data", "/nonexistent/manifest.jsonl"]) == 2
     assert "no such file" in capsys.readouterr().err
     assert main(["evaluate"]) == 2
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"audio": "x.wav", "text": "好"}) + "\n", encoding="utf-8")
+    (tmp_path / "file").write_text("", encoding="utf-8")
+    assert main(["evaluate", "--data", str(manifest), "--output-dir", str(tmp_path / "file" / "out")]) == 2
+    assert "cannot be written" in capsys.readouterr().err
 
 
 @needs_shared
 def test_evaluate_end_to_end_on_shared_clips(tmp_path, capsys):
     """The embedded base on two real clips, plus a corrupt file and a missing one: report written, none lost."""
-    rows = [json.loads(line) for line in (SHARED / "manifest.jsonl").read_text(encoding="utf-8").splitlines()[:2]]
+    rows = [
+        json.loads(line) for line in (SHARED / "manifest.jsonl").read_text(encoding="utf-8").splitlines()[:2]
+    ]
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF....WAVEfmt not really audio")
     lines = [json.dumps({**row, "audio": str(SHARED / row["audio"])}, ensure_ascii=False) for row in rows]
     lines.append(json.dumps({"id": "corrupt", "audio": "corrupt.wav", "text": "你好"}))
@@ -136,8 +163,22 @@ def test_evaluate_end_to_end_on_shared_clips(tmp_path, capsys):
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "report"
-    code = main(["evaluate", "--model", "base", "--data", str(manifest), "--output-dir", str(out), "--quiet",
-                 "--beam-size", "1", "--resamples", "200"])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            "base",
+            "--data",
+            str(manifest),
+            "--output-dir",
+            str(out),
+            "--quiet",
+            "--beam-size",
+            "1",
+            "--resamples",
+            "200",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr()
     assert "| CER | plain |" in printed.out and "2 of 4 rows skipped" in printed.err
@@ -146,7 +187,9 @@ def test_evaluate_end_to_end_on_shared_clips(tmp_path, capsys):
     assert {b["id"] for b in report["bad_rows"]} == {"corrupt", "missing"}
     assert report["model"]["name"] == "base" and report["decoding"]["beam_size"] == 1
     assert report["timing"]["real_time_factor"] > 0 and report["timing"]["audio_seconds"] > 4
-    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    predictions = [
+        json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert len(predictions) == 4
     scored = [p for p in predictions if "scores" in p]
     # The report's CER is exactly the predictions' errors over reference characters.

@@ -176,9 +176,23 @@ def load_source(
         "folder": _load_folder,
     }[fmt]
     utterances, problems = loader(path, split=split, columns=columns, check_audio=check_audio)
+    utterances = _drop_duplicate_ids(utterances, problems)
     if limit is not None:
         utterances = utterances[:limit]
     return DataSource(str(path), fmt, utterances, problems)
+
+
+def _drop_duplicate_ids(utterances: list[Utterance], problems: list[BadRow]) -> list[Utterance]:
+    """Keep the first utterance of each id; later ones are problems (ids key predictions and comparisons)."""
+    seen: set[str] = set()
+    kept = []
+    for utt in utterances:
+        if utt.id in seen:
+            problems.append(BadRow(utt.id, "duplicate id (an earlier row has it)", str(utt.audio)))
+        else:
+            seen.add(utt.id)
+            kept.append(utt)
+    return kept
 
 
 def detect_format(spec: str | os.PathLike) -> Format:

@@ -285,7 +285,8 @@ def build_evaluation(
 def _prediction_rows(
     scores: Scores, bad: list[BadRow], all_predictions: Sequence[Prediction] | None
 ) -> list[dict[str, Any]]:
-    scored_rows: dict[str, dict[str, Any]] = {}
+    """One row per utterance, in data order: scored rows with per-scoring counts, skipped rows with the reason."""
+    scored_rows: list[dict[str, Any]] = []
     for i, p in enumerate(scores.scored):
         row = {
             "id": p.id, "audio": p.audio, "speaker": p.speaker, "duration": p.duration,
@@ -298,19 +299,24 @@ def _prediction_rows(
                 "ref": ref, "hyp": hyp, "substitutions": a.substitutions, "deletions": a.deletions,
                 "insertions": a.insertions, "ref_len": a.ref_len, "errors": a.errors,
             }
-        scored_rows[p.id] = row
+        scored_rows.append(row)
+    if all_predictions is None:
+        return scored_rows + [{"id": b.id, "audio": b.where, "skipped": b.reason} for b in bad]
+    # score_predictions keeps the predictions' order in both `scored` and `skipped`: merge them back in order.
     rows: list[dict[str, Any]] = []
-    reasons = {b.id: b for b in bad}
-    if all_predictions is not None:
-        for p in all_predictions:
-            if p.id in scored_rows:
-                rows.append(scored_rows.pop(p.id))
-            else:
-                reason = reasons.pop(p.id, BadRow(p.id, p.error or "skipped")).reason
-                rows.append({"id": p.id, "audio": p.audio, "reference": p.reference,
-                             "hypothesis": p.hypothesis, "skipped": reason})
-    rows.extend(scored_rows.values())
-    rows.extend({"id": b.id, "audio": b.where, "skipped": b.reason} for b in reasons.values())
+    scored_ids = [id(p) for p in scores.scored]
+    skipped = iter(scores.skipped)
+    position = 0
+    for p in all_predictions:
+        if position < len(scored_ids) and id(p) == scored_ids[position]:
+            rows.append(scored_rows[position])
+            position += 1
+        else:
+            reason = next(skipped).reason
+            rows.append({"id": p.id, "audio": p.audio, "reference": p.reference, "hypothesis": p.hypothesis,
+                         "skipped": reason})
+    loader_problems = bad[: len(bad) - len(scores.skipped)]
+    rows.extend({"id": b.id, "audio": b.where, "skipped": b.reason} for b in loader_problems)
     return rows
 
 
@@ -465,11 +471,14 @@ def compare_reports(
     Reads each report.json and the predictions.jsonl beside it. Raises :class:`DataError` for unreadable reports
     or when the two share no utterance with the same reference.
     """
-    report_a, rows_a = _load_report(path_a)
-    report_b, rows_b = _load_report(path_b)
+    report_a, rows_a, duplicates_a = _load_report(path_a)
+    report_b, rows_b, duplicates_b = _load_report(path_b)
     warnings: list[str] = []
     if report_a.get("normalisation") != report_b.get("normalisation"):
         warnings.append("the reports used different normalisation settings")
+    for label, count in (("A", duplicates_a), ("B", duplicates_b)):
+        if count:
+            warnings.append(f"report {label} has {count} duplicate utterance ids; the last row of each is used")
     shared = [uid for uid in rows_a if uid in rows_b]
     mismatched = [uid for uid in shared if rows_a[uid]["reference"] != rows_b[uid]["reference"]]
     if mismatched:
@@ -503,7 +512,8 @@ def compare_reports(
     )
 
 
-def _load_report(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+def _load_report(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], int]:
+    """(report, scored rows by id, number of duplicate ids)."""
     path = Path(path)
     if path.is_dir():
         path = path / "report.json"
@@ -515,7 +525,9 @@ def _load_report(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, 
         raise DataError(f"{path}: cannot read the report or its predictions ({exc})") from exc
     if "metrics" not in report:
         raise DataError(f"{path}: not a whisper-zh evaluation report (no 'metrics')")
-    return report, {row["id"]: row for row in rows if "scores" in row}
+    scored = [row for row in rows if "scores" in row]
+    by_id = {row["id"]: row for row in scored}
+    return report, by_id, len(scored) - len(by_id)
 
 
 def format_comparison(c: Comparison) -> str:

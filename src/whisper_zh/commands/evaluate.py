@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from whisper_zh.commands.transcribe import add_model_arguments, decode_options_from_args
+from whisper_zh.commands.transcribe import _unwritable, add_model_arguments, decode_options_from_args
 from whisper_zh.data import FORMATS
 from whisper_zh.errors import WhisperZhError
 from whisper_zh.metrics import DEFAULT_RESAMPLES
@@ -69,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
             audio_column=args.audio_column, text_column=args.text_column, id_column=args.id_column,
             speaker_column=args.speaker_column,
         )
+        output_dir = Path(args.output_dir or _default_output_dir(args.model, args.data))
+        if problem := _unwritable(output_dir):  # fail now, not after an hour of transcription
+            print(f"error: {output_dir}: output directory cannot be written ({problem})", file=sys.stderr)
+            return 2
         started = time.perf_counter()
         transcriber = Transcriber(
             args.model, device=args.device, compute_type=args.compute_type, cpu_threads=args.threads
@@ -79,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
         result.report["timing"]["model_load_seconds"] = round(load_seconds, 3)
-        output_dir = Path(args.output_dir or _default_output_dir(args.model, args.data))
         paths = result.write(output_dir)
     except (WhisperZhError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
