@@ -11,6 +11,7 @@ import sys
 COMMANDS = (
     "whisper_zh.commands.transcribe",
     "whisper_zh.commands.evaluate",
+    "whisper_zh.commands.serve",
 )
 
 

@@ -1,0 +1,391 @@
+"""`whisper-zh serve`: OpenAI's audio API with the real embedded base model, driven by real clients.
+
+One Transcriber is loaded for the module and shared by the apps built here; servers bind 127.0.0.1 on a free
+port (uvicorn in a thread, or `whisper-zh serve` as a subprocess) and are always stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from prometheus_client.parser import text_string_to_metric_families
+
+from whisper_zh.metrics import cer
+from whisper_zh.normalize import TextNormalizer
+from whisper_zh.server import ServerConfig, create_app, serve_in_thread
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "aishell1-sample-S0150"
+pytestmark = pytest.mark.skipif(
+    not (DATA / "manifest.jsonl").is_file(), reason=f"shared AISHELL data not found at {DATA}"
+)
+# Clips the base model gets mostly right (CER <= 0.1 each with beam 1 and 5); ids from the shared manifest.
+CLIP_IDS = ("BAC009S0150W0121", "BAC009S0150W0122", "BAC009S0150W0123", "BAC009S0150W0131")
+MAX_CER = 0.35
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict[str, dict]:
+    rows = [json.loads(line) for line in (DATA / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+    return {row["id"]: {**row, "path": DATA / row["audio"]} for row in rows}
+
+
+@pytest.fixture(scope="module")
+def transcriber():
+    from whisper_zh import Transcriber
+
+    return Transcriber("base", compute_type="int8")
+
+
+@pytest.fixture(scope="module")
+def server(transcriber) -> str:
+    app = create_app(ServerConfig(model="base"), transcriber=transcriber)
+    with serve_in_thread(app) as url:
+        yield url
+
+
+def _cer(reference: str, hypothesis: str) -> float:
+    return cer(reference, hypothesis, normalizer=TextNormalizer()).rate
+
+
+def _metrics(url: str) -> dict[tuple[str, tuple], float]:
+    """/metrics parsed by prometheus_client's own parser: {(sample name, sorted labels): value}."""
+    text = httpx.get(f"{url}/metrics").text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _openai(url: str, **kwargs):
+    import openai
+
+    return openai.OpenAI(
+        base_url=f"{url}/v1", api_key=kwargs.pop("api_key", "not-needed"), max_retries=0, **kwargs
+    )
+
+
+def _post(url: str, path: Path | None = None, *, data: bytes | None = None, name: str = "clip.flac", **form):
+    content = data if data is not None else path.read_bytes()
+    return httpx.post(
+        f"{url}/v1/audio/transcriptions",
+        files={"file": (name, content)},
+        data={"model": "whisper-1", **form},
+        timeout=120,
+    )
+
+
+def _long_wav(manifest: dict, ids: tuple[str, ...], subtype: str = "PCM_16") -> bytes:
+    """A WAV of several clips back to back (16 kHz)."""
+    audio = np.concatenate([sf.read(manifest[i]["path"], dtype="float32")[0] for i in ids])
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, 16000, format="WAV", subtype=subtype)
+    return buffer.getvalue()
+
+
+# -- real clients ---------------------------------------------------------------------------------
+
+
+def test_openai_client_every_response_format(server, manifest):
+    clip = manifest[CLIP_IDS[0]]
+    client = _openai(server)
+
+    def create(fmt: str):
+        with open(clip["path"], "rb") as f:
+            extra = {"timestamp_granularities": ["segment", "word"]} if fmt == "verbose_json" else {}
+            return client.audio.transcriptions.create(model="whisper-1", file=f, response_format=fmt, **extra)
+
+    formats = ("json", "text", "srt", "vtt", "verbose_json")
+    with ThreadPoolExecutor(len(formats)) as pool:
+        results = dict(zip(formats, pool.map(create, formats), strict=True))
+
+    text = results["json"].text
+    assert _cer(clip["text"], text) <= MAX_CER, (text, clip["text"])
+    assert results["text"].strip() == text
+    srt = results["srt"]
+    assert srt.startswith("1\n00:00:0") and " --> " in srt and text[:4] in srt
+    vtt = results["vtt"]
+    assert vtt.startswith("WEBVTT\n\n00:00:0") and text[:4] in vtt
+    verbose = results["verbose_json"]
+    assert verbose.language == "chinese" and verbose.text == text
+    assert verbose.duration == pytest.approx(clip["duration"], abs=0.01)
+    assert (
+        verbose.segments
+        and 0 <= verbose.segments[0].start < verbose.segments[-1].end <= clip["duration"] + 0.01
+    )
+    assert "".join(s.text for s in verbose.segments) == text
+    # word timestamps: one entry per character (or word), in order, inside the clip
+    words = verbose.words
+    assert words and "".join(w.word for w in words).strip() == text.replace(" ", "")
+    starts = [w.start for w in words]
+    assert starts == sorted(starts) and words[-1].end <= clip["duration"] + 0.01
+
+
+def test_openai_client_lists_models_and_maps_errors(server, manifest):
+    import openai
+
+    client = _openai(server)
+    assert {m.id for m in client.models.list()} == {"base", "whisper-1"}
+    assert client.models.retrieve("whisper-1").id == "whisper-1"
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("gpt-4o-transcribe")
+    assert info.value.body["code"] == "model_not_found"
+    with open(manifest[CLIP_IDS[0]]["path"], "rb") as f, pytest.raises(openai.NotFoundError) as info:
+        client.audio.transcriptions.create(model="whisper-large-v9", file=f)
+    assert "whisper-large-v9" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.audio.transcriptions.create(model="whisper-1", file=("notes.wav", b"this is not audio"))
+    assert info.value.body["code"] == "invalid_audio" and "notes.wav" in info.value.body["message"]
+
+
+def test_translation_to_english(server, manifest):
+    clip = manifest[CLIP_IDS[1]]
+    with open(clip["path"], "rb") as f:
+        result = _openai(server).audio.translations.create(model="whisper-1", file=f)
+    letters = [c for c in result.text if c.isalpha()]
+    assert letters and sum(c.isascii() for c in letters) / len(letters) > 0.9, result.text
+
+
+def test_concurrent_requests_share_one_batched_decode(server, manifest):
+    """Three clients at once: fewer model calls than requests, and each client gets its own clip's text."""
+    before = _metrics(server)
+    clips = [manifest[i] for i in CLIP_IDS[:3]]
+    with ThreadPoolExecutor(len(clips)) as pool:
+        responses = list(pool.map(lambda c: _post(server, c["path"]), clips))
+    after = _metrics(server)
+    assert [r.status_code for r in responses] == [200] * len(clips)
+    texts = [r.json()["text"] for r in responses]
+    for clip, text in zip(clips, texts, strict=True):
+        own = _cer(clip["text"], text)
+        assert own <= MAX_CER, (clip["id"], text, clip["text"])
+        assert all(own < _cer(other["text"], text) for other in clips if other is not clip)
+
+    def delta(name: str, labels: tuple = ()) -> float:
+        return after.get((name, labels), 0.0) - before.get((name, labels), 0.0)
+
+    requests = delta("whisper_zh_batch_size_sum")
+    calls = delta("whisper_zh_batch_size_count")
+    assert requests == len(clips)
+    assert calls < len(clips), "no two requests were decoded in the same batch"
+    # audio seconds: the manifest's durations, summed by hand
+    assert delta("whisper_zh_audio_seconds_total") == pytest.approx(
+        sum(c["duration"] for c in clips), abs=0.01
+    )
+    ok = (("endpoint", "/v1/audio/transcriptions"), ("status", "200"))
+    assert delta("whisper_zh_requests_total", ok) == len(clips)
+    latency_count = (("endpoint", "/v1/audio/transcriptions"),)
+    assert delta("whisper_zh_request_latency_seconds_count", latency_count) == len(clips)
+    assert after[("whisper_zh_queue_depth", ())] == 0
+
+
+# -- limits and errors ----------------------------------------------------------------------------
+
+
+def test_bad_input_gets_openai_shaped_errors(server, manifest):
+    clip = manifest[CLIP_IDS[0]]["path"]
+    flac = clip.read_bytes()
+    before = _metrics(server)
+    cases = {
+        "not audio": (400, "invalid_audio", _post(server, data=b"hello, world\n" * 50, name="notes.txt")),
+        "empty": (400, "invalid_audio", _post(server, data=b"", name="empty.wav")),
+        "corrupt": (
+            400,
+            "invalid_audio",
+            _post(server, data=flac[:44] + bytes(range(256)) * 16, name="broken.flac"),
+        ),
+        "unknown model": (
+            404,
+            "model_not_found",
+            httpx.post(
+                f"{server}/v1/audio/transcriptions", files={"file": ("a.flac", flac)}, data={"model": "tiny"}
+            ),
+        ),
+        "bad format": (400, None, _post(server, clip, response_format="docx")),
+        "no file": (400, None, httpx.post(f"{server}/v1/audio/transcriptions", data={"model": "whisper-1"})),
+        "words without verbose": (400, None, _post(server, clip, **{"timestamp_granularities[]": "word"})),
+    }
+    for name, (status, code, response) in cases.items():
+        assert response.status_code == status, (name, response.text)
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["message"], name
+        assert error["type"] == "invalid_request_error" and error["code"] == code, (name, error)
+    assert "empty" in cases["empty"][2].json()["error"]["message"]
+    assert cases["no file"][2].json()["error"]["param"] == "file"
+    after = _metrics(server)
+    errors = sum(
+        v - before.get(k, 0.0) for k, v in after.items() if k[0] == "whisper_zh_request_errors_total"
+    )
+    assert errors == len(cases)
+    assert httpx.get(f"{server}/health").json()["queue"]["in_flight"] == 0
+
+
+def test_upload_size_and_duration_limits(transcriber, manifest):
+    clip = manifest[CLIP_IDS[0]]
+    data = clip["path"].read_bytes()
+    assert len(data) > 40_000
+    config = ServerConfig(max_upload_bytes=20_000, max_audio_seconds=1.0)
+    with serve_in_thread(create_app(config, transcriber=transcriber)) as url:
+        response = _post(url, data=data)  # Content-Length says it is too large: refused before reading
+        assert response.status_code == 413 and response.json()["error"]["code"] == "file_too_large"
+
+        boundary = "whisperzhboundary"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.flac"\r\n'
+                "Content-Type: audio/flac\r\n\r\n"
+            ).encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+
+        def chunked():  # no Content-Length: the limit is enforced while streaming
+            for i in range(0, len(body), 16384):
+                yield body[i : i + 16384]
+
+        response = httpx.post(
+            f"{url}/v1/audio/transcriptions",
+            content=chunked(),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert response.status_code == 413 and response.json()["error"]["code"] == "file_too_large"
+
+        tone = 0.1 * np.sin(2 * np.pi * 440 * np.arange(12000) / 8000)  # 1.5 s; 12 kB as 8-bit 8 kHz WAV
+        buffer = io.BytesIO()
+        sf.write(buffer, tone, 8000, format="WAV", subtype="PCM_U8")
+        response = _post(url, data=buffer.getvalue(), name="long.wav")
+        assert response.status_code == 413 and response.json()["error"]["code"] == "audio_too_long"
+
+
+def test_api_key_required_when_set(transcriber, manifest):
+    config = ServerConfig(api_key="sekrit")
+    flac = manifest[CLIP_IDS[0]]["path"].read_bytes()
+    with serve_in_thread(create_app(config, transcriber=transcriber)) as url:
+        import openai
+
+        assert httpx.get(f"{url}/health").json()["auth_required"] is True
+        missing = httpx.post(
+            f"{url}/v1/audio/transcriptions", files={"file": ("a.flac", flac)}, data={"model": "whisper-1"}
+        )
+        assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
+        with pytest.raises(openai.AuthenticationError):
+            _openai(url, api_key="wrong").models.list()
+        # the right key gets through to the model check
+        assert [m.id for m in _openai(url, api_key="sekrit").models.list()] == ["base", "whisper-1"]
+        with pytest.raises(openai.NotFoundError):
+            _openai(url, api_key="sekrit").audio.transcriptions.create(model="nope", file=("a.flac", flac))
+
+
+def test_full_queue_answers_429_with_retry_after(transcriber, manifest):
+    config = ServerConfig(max_pending=1)
+    long_audio = manifest[CLIP_IDS[1]]["path"].read_bytes()
+    with serve_in_thread(create_app(config, transcriber=transcriber)) as url:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(_post, url, data=long_audio)
+            deadline = time.monotonic() + 30
+            while httpx.get(f"{url}/health").json()["queue"]["in_flight"] < 1:
+                assert time.monotonic() < deadline and not first.done()
+                time.sleep(0.01)
+            busy = _post(url, manifest[CLIP_IDS[0]]["path"])
+            assert not first.done(), "the first request finished too fast to test the full queue"
+            assert first.result().status_code == 200
+        assert busy.status_code == 429
+        assert int(busy.headers["Retry-After"]) >= 1
+        assert busy.json()["error"]["code"] == "rate_limit_exceeded"
+        metrics = _metrics(url)
+        assert (
+            metrics[
+                (
+                    "whisper_zh_request_errors_total",
+                    (("endpoint", "/v1/audio/transcriptions"), ("status", "429")),
+                )
+            ]
+            == 1
+        )
+        assert httpx.get(f"{url}/health").json()["queue"] == {"waiting": 0, "in_flight": 0, "capacity": 1}
+
+
+# -- the command, shutdown and temporary files -------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_command_finishes_requests_in_flight_on_sigterm(tmp_path, manifest):
+    """`whisper-zh serve` as a real process: SIGTERM mid-request still answers it, then exits 0, and no
+    temporary file is left (uploads over 1 MB are spooled to disk by Starlette)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    port = _free_port()
+    env = {**os.environ, "TMPDIR": str(tmp), "WHISPER_ZH_API_KEY": ""}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "whisper_zh",
+            "serve",
+            "--model",
+            "base",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+        big = _long_wav(manifest, CLIP_IDS[:3], "FLOAT")  # 18 s of float WAV: over Starlette's 1 MB spool
+        assert len(big) > 1 << 20
+        bad = _post(url, data=b"\x00\x01garbage" * 150_000, name="garbage.wav")
+        assert bad.status_code == 400
+        result: dict = {}
+        worker = threading.Thread(target=lambda: result.setdefault("r", _post(url, data=big, name="big.wav")))
+        worker.start()
+        while httpx.get(f"{url}/health").json()["queue"]["in_flight"] < 1:
+            assert worker.is_alive()
+            time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        worker.join(180)
+        assert process.wait(60) == 0
+        response = result["r"]
+        assert response.status_code == 200
+        text = response.json()["text"]
+        reference = "".join(manifest[i]["text"] for i in CLIP_IDS[:3])
+        assert _cer(reference, text) <= MAX_CER, text
+        assert list(tmp.iterdir()) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
