@@ -42,6 +42,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     norm.add_argument("--no-lowercase", action="store_true", help="keep Latin letter case")
     norm.add_argument("--keep-punctuation", action="store_true", help="score punctuation too")
     norm.add_argument("--keep-spaces", action="store_true", help="keep whitespace between CJK characters")
+    p.add_argument("--diagnostics", choices=("plain", "numbers"), default="plain",
+                   help="scoring used for the worst-utterance diffs and confusion pairs (default: plain)")
     p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         load_seconds = time.perf_counter() - started
         result = evaluate(
             transcriber, source, options, scorings=scorings, n_resamples=args.resamples, seed=args.seed,
-            progress=not args.quiet,
+            progress=not args.quiet, diagnostics=args.diagnostics,
         )
         result.report["timing"]["model_load_seconds"] = round(load_seconds, 3)
         paths = result.write(output_dir)
