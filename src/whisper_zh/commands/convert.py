@@ -1,0 +1,64 @@
+"""`whisper-zh convert SRC OUT --to ctranslate2|transformers`: convert a Whisper model between engine layouts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from whisper_zh.errors import WhisperZhError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "convert",
+        help="convert a model between CTranslate2 (fast serving) and Transformers (fine-tuning) layouts",
+        description="Convert a Whisper model: Transformers -> CTranslate2 to serve a fine-tuned model fast, "
+        "CTranslate2 -> Transformers (e.g. the embedded 'base') to fine-tune it. CTranslate2 -> CTranslate2 "
+        "re-quantizes.",
+    )
+    p.add_argument("src", help="model directory, or 'base' for the embedded model")
+    p.add_argument("out", type=Path, help="output directory (must not exist unless --force)")
+    p.add_argument("--to", required=True, choices=("ctranslate2", "transformers"), help="target layout")
+    p.add_argument(
+        "--quantization",
+        choices=("int8", "float16", "float32"),
+        default=None,
+        help="CTranslate2 weight type (default float16; int8 is smallest and fastest on CPU)",
+    )
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from whisper_zh.convert import ct2_to_transformers_dir, transformers_to_ct2_dir
+    from whisper_zh.models import resolve_model
+
+    try:
+        if args.out.exists() and not args.force:
+            raise WhisperZhError(f"{args.out}: already exists (use --force to replace it)")
+        if args.to == "transformers" and args.quantization:
+            raise WhisperZhError("--quantization applies to --to ctranslate2 only (Transformers weights are float32)")
+        resolved = resolve_model(args.src)
+        if resolved.path.resolve() == args.out.resolve():
+            raise WhisperZhError(f"{args.out}: output directory is the source model")
+        start = time.perf_counter()
+        if args.to == "transformers":
+            if resolved.layout == "transformers":
+                raise WhisperZhError(f"{args.src}: already a Transformers model")
+            ct2_to_transformers_dir(resolved.path, args.out)
+        elif resolved.layout == "transformers":
+            transformers_to_ct2_dir(resolved.path, args.out, args.quantization or "float16")
+        else:  # CTranslate2 -> CTranslate2: re-quantize through a temporary Transformers copy
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=".convert-", dir=args.out.parent) as tmp:
+                hf_dir = ct2_to_transformers_dir(resolved.path, Path(tmp) / "hf")
+                transformers_to_ct2_dir(hf_dir, args.out, args.quantization or "float16")
+    except WhisperZhError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    quant = f" ({args.quantization or 'float16'})" if args.to == "ctranslate2" else ""
+    print(f"{args.src} ({resolved.layout}) -> {args.out} ({args.to}{quant}) in {time.perf_counter() - start:.1f} s")
+    return 0
