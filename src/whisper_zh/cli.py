@@ -10,6 +10,7 @@ import sys
 # Each module defines `add_parser(subparsers) -> None` (which sets `func=run`) and `run(args) -> int`.
 COMMANDS = (
     "whisper_zh.commands.transcribe",
+    "whisper_zh.commands.convert",
     "whisper_zh.commands.evaluate",
     "whisper_zh.commands.serve",
 )
