@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,7 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from whisper_zh.audio import SAMPLE_RATE, load_audio
 from whisper_zh.decoding import DEFAULT_ZH_PROMPT, DecodeOptions
 from whisper_zh.errors import AudioError
-from whisper_zh.results import Transcription
+from whisper_zh.results import Segment, Transcription
 from whisper_zh.serving_queue import BatchingQueue, BatchStats, QueueClosedError, QueueFullError, Slot
 from whisper_zh.writers import format_transcription
 
@@ -78,6 +79,9 @@ class ServerConfig:
     max_batch: int = 8  # requests passed to one transcribe_batch call
     batch_window_s: float = 0.05  # how long the worker waits to gather a batch once a job arrives
     shutdown_timeout_s: float = 600.0
+    # The web page's streamed requests decode long audio in pieces of about this length, cut at pauses,
+    # so the first segments show while the rest is decoded.
+    stream_piece_seconds: float = 60.0
 
 
 class ApiError(Exception):
@@ -400,7 +404,7 @@ def create_app(config: ServerConfig, *, transcriber: Any = None) -> FastAPI:
         audio = await run_in_threadpool(_decode_upload, file, config.max_audio_seconds)
         seconds = len(audio) / SAMPLE_RATE
         if stream:
-            return _stream_response(slot, audio, seconds, options, metrics, request)
+            return _stream_response(slot, audio, seconds, options, metrics, config.stream_piece_seconds)
         future = slot.submit(audio, options, seconds=seconds)
         del audio
         result = await asyncio.wrap_future(future)
@@ -530,22 +534,23 @@ def _language_name(code: str | None) -> str:
     return _LANGUAGE_NAMES.get(code or "", code or "")
 
 
-def _segments_json(t: Transcription, temperature: float = 0.0) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": s.id,
-            "seek": 0,
-            "start": s.start,
-            "end": s.end,
-            "text": s.text,
-            "tokens": list(s.tokens),
-            "temperature": temperature,
-            "avg_logprob": s.avg_logprob,
-            "compression_ratio": s.compression_ratio,
-            "no_speech_prob": s.no_speech_prob,
-        }
-        for s in t.segments
-    ]
+def _segment_json(s: Segment) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "seek": 0,
+        "start": s.start,
+        "end": s.end,
+        "text": s.text,
+        "tokens": list(s.tokens),
+        "temperature": 0.0,
+        "avg_logprob": s.avg_logprob,
+        "compression_ratio": s.compression_ratio,
+        "no_speech_prob": s.no_speech_prob,
+    }
+
+
+def _segments_json(t: Transcription) -> list[dict[str, Any]]:
+    return [_segment_json(s) for s in t.segments]
 
 
 def _words_json(t: Transcription) -> list[dict[str, Any]]:
@@ -581,48 +586,66 @@ def _format_response(t: Transcription, fmt: str, task: str, *, words: bool) -> R
 
 
 def _stream_response(
-    slot: Slot, audio: Any, seconds: float, options: DecodeOptions, metrics: _Metrics, request: Request
+    slot: Slot, audio: Any, seconds: float, options: DecodeOptions, metrics: _Metrics, piece_seconds: float
 ) -> StreamingResponse:
-    """Server-sent events for the web page: queued → progress → one event per segment → done.
+    """Server-sent events for the web page: queued → progress → segments as each piece is done → done.
 
-    Event types follow OpenAI's streaming transcription (``transcript.text.delta`` / ``.done``); the
-    ``transcript.segment`` and ``transcript.progress`` events are whisper-zh's additions.
+    Audio longer than ``piece_seconds`` is cut at pauses (Silero VAD, as the Transcriber uses)
+    into pieces decoded one after another, so the first segments arrive while the rest is still being
+    decoded; other clients' requests interleave with the pieces. Event types follow OpenAI's streaming
+    transcription (``transcript.text.delta`` / ``.done``); ``transcript.queued``, ``.progress`` and
+    ``.segment`` are whisper-zh's additions.
     """
     loop = asyncio.get_running_loop()
     updates: asyncio.Queue[float] = asyncio.Queue()
-
-    def on_progress(fraction: float) -> None:
-        loop.call_soon_threadsafe(updates.put_nowait, fraction)
-
-    future = slot.submit(audio, options, seconds=seconds, progress=on_progress)
-    done = asyncio.wrap_future(future)
 
     def event(payload: dict[str, Any]) -> str:
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
     async def events():  # noqa: ANN202
+        current: Future | None = None
         try:
             yield event({"type": "transcript.queued", "duration": round(seconds, 3)})
-            while not done.done():
-                getter = asyncio.ensure_future(updates.get())
-                finished, _ = await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in finished:
-                    yield event({"type": "transcript.progress", "fraction": round(getter.result(), 3)})
-                else:
-                    getter.cancel()
-            try:
-                result = done.result()
-            except AudioError as exc:
-                yield event({"type": "error", "error": ApiError(400, str(exc), code="invalid_audio").body()["error"]})
-                return
-            except Exception as exc:  # noqa: BLE001
-                logger.exception("streamed transcription failed")
-                yield event({"type": "error", "error": {"message": f"internal error: {type(exc).__name__}"}})
-                return
+            cuts = await run_in_threadpool(_piece_bounds, audio, piece_seconds)
+            segments: list[Segment] = []
+            language = options.language or "zh"
+            for index, (start, end) in enumerate(cuts):
+                done_before = start / SAMPLE_RATE
+
+                def on_progress(fraction: float, done_before: float = done_before, size: float = end - start) -> None:
+                    overall = (done_before + fraction * size / SAMPLE_RATE) / seconds
+                    loop.call_soon_threadsafe(updates.put_nowait, overall)
+
+                current = slot.submit(
+                    audio[start:end], options, seconds=(end - start) / SAMPLE_RATE, progress=on_progress, keep=True
+                )
+                waiting = asyncio.wrap_future(current)
+                while not waiting.done():
+                    getter = asyncio.ensure_future(updates.get())
+                    finished, _ = await asyncio.wait({getter, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter in finished:
+                        yield event({"type": "transcript.progress", "fraction": round(min(getter.result(), 1.0), 3)})
+                    else:
+                        getter.cancel()
+                try:
+                    piece = waiting.result()
+                except AudioError as exc:
+                    if index and "silent" in str(exc):  # a piece of pure silence between pauses: no text
+                        continue
+                    yield event({"type": "error", "error": ApiError(400, str(exc), code="invalid_audio").body()["error"]})
+                    return
+                except Exception as exc:  # noqa: BLE001
+                    logger.exception("streamed transcription failed")
+                    yield event({"type": "error", "error": {"message": f"internal error: {type(exc).__name__}"}})
+                    return
+                language = piece.language
+                for segment in piece.segments:
+                    segment = _shifted(segment, start / SAMPLE_RATE, len(segments))
+                    segments.append(segment)
+                    yield event({"type": "transcript.text.delta", "delta": segment.text})
+                    yield event({"type": "transcript.segment", "segment": _segment_json(segment)})
+            result = Transcription("upload", segments, language, seconds)
             metrics.audio_seconds.inc(seconds)
-            for segment in result.segments:
-                yield event({"type": "transcript.text.delta", "delta": segment.text})
-                yield event({"type": "transcript.segment", "segment": _segments_json(result)[segment.id]})
             yield event(
                 {
                     "type": "transcript.text.done",
@@ -633,10 +656,41 @@ def _stream_response(
                 }
             )
         finally:
-            if not done.done():
-                done.cancel()  # the client left: drop the job if it has not started
+            # Release the slot now, or (a piece still in the model) when that piece is done.
+            if current is not None and not current.done() and not current.cancel():
+                current.add_done_callback(lambda _f: slot.release())
+            else:
+                slot.release()
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _piece_bounds(audio: Any, piece_seconds: float) -> list[tuple[int, int]]:
+    """Sample ranges covering ``audio``, each at most ~``piece_seconds`` long, cut in the middle of pauses."""
+    limit = int(piece_seconds * SAMPLE_RATE)
+    if len(audio) <= limit:
+        return [(0, len(audio))]
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    speech = get_speech_timestamps(audio, VadOptions(max_speech_duration_s=30, min_silence_duration_ms=160))
+    gaps = [(a["end"] + b["start"]) // 2 for a, b in zip(speech, speech[1:], strict=False)]
+    bounds, start = [], 0
+    while len(audio) - start > limit:
+        inside = [g for g in gaps if start < g <= start + limit]
+        cut = inside[-1] if inside else start + limit
+        bounds.append((start, cut))
+        start = cut
+    bounds.append((start, len(audio)))
+    return bounds
+
+
+def _shifted(segment: Segment, offset: float, new_id: int) -> Segment:
+    words = None
+    if segment.words:
+        words = [replace(w, start=round(w.start + offset, 3), end=round(w.end + offset, 3)) for w in segment.words]
+    return replace(
+        segment, id=new_id, start=round(segment.start + offset, 3), end=round(segment.end + offset, 3), words=words
+    )
 
 
 @contextmanager

@@ -75,10 +75,18 @@ class Slot:
         self._owner._release_slot()
 
     def submit(
-        self, audio: Any, options: Any, *, seconds: float = 0.0, progress: ProgressFn | None = None
+        self,
+        audio: Any,
+        options: Any,
+        *,
+        seconds: float = 0.0,
+        progress: ProgressFn | None = None,
+        keep: bool = False,
     ) -> Future:
-        """Queue ``audio`` for decoding; the slot is released when the job finishes (or is cancelled)."""
-        return self._owner._submit(self, _Job(audio, options, _options_key(options), seconds, progress))
+        """Queue ``audio`` for decoding. The slot is released when the job finishes or is cancelled, unless
+        ``keep``: then the caller (one request submitting several jobs in turn) releases it itself."""
+        job = _Job(audio, options, _options_key(options), seconds, progress)
+        return self._owner._submit(self, job, release=not keep)
 
     def __enter__(self) -> Slot:
         return self
@@ -172,13 +180,14 @@ class BatchingQueue:
         with self._lock:
             self._admitted -= 1
 
-    def _submit(self, slot: Slot, job: _Job) -> Future:
+    def _submit(self, slot: Slot, job: _Job, *, release: bool) -> Future:
         slot._submitted = True
 
         def _done(future: Future) -> None:
             if future.cancelled():
                 job.audio = None  # a cancelled job waits in the FIFO until popped: hold no samples meanwhile
-            slot.release()
+            if release:
+                slot.release()
 
         job.future.add_done_callback(_done)
         with self._lock:
