@@ -419,3 +419,79 @@ def test_stream_sends_segments_of_long_audio_as_pieces_finish(transcriber, manif
     assert done["text"] == "".join(s["text"] for s in segments)
     assert _cer("".join(manifest[i]["text"] for i in ids), done["text"]) <= MAX_CER, done["text"]
     assert done["formats"]["srt"].count(" --> ") == len(segments)
+
+
+# -- the queue on its own (a stand-in batch function: these test admission, batching and failure handling) --
+
+
+def test_queue_admission_batching_failure_and_close():
+    from whisper_zh.serving_queue import BatchingQueue, QueueClosedError, QueueFullError
+
+    calls: list[list[int]] = []
+    gate, entered = threading.Event(), threading.Event()
+
+    def batch_fn(items, options, on_progress):
+        entered.set()
+        gate.wait(10)
+        calls.append(list(items))
+        if options == "explode":
+            raise RuntimeError("model fell over")
+        return [AssertionError("bad input") if x < 0 else x * 10 for x in items]
+
+    q = BatchingQueue(batch_fn, max_pending=4, max_batch=3, batch_window_s=0.0)
+    q.start()
+    slots = [q.acquire() for _ in range(4)]
+    with pytest.raises(QueueFullError) as full:
+        q.acquire()
+    assert full.value.retry_after >= 1
+    first = slots[0].submit(1, "opts")  # taken by the worker alone; blocks on the gate
+    assert entered.wait(5)
+    rest = [slot.submit(x, "opts") for slot, x in zip(slots[1:], (2, -3, 4), strict=True)]
+    assert q.depth == 3 and q.in_flight == 4
+    gate.set()
+    assert first.result(5) == 10
+    assert [rest[0].result(5), rest[2].result(5)] == [20, 40]
+    assert isinstance(rest[1].exception(5), AssertionError)  # a bad input fails alone
+    assert calls == [[1], [2, -3, 4]]  # the three that waited were decoded in one call
+    assert q.in_flight == 0 and q.depth == 0
+
+    with q.acquire() as slot:  # a model exception reaches the caller; the worker lives on
+        boom = slot.submit(5, "explode")
+        assert isinstance(boom.exception(5), RuntimeError)
+    with q.acquire() as slot:
+        assert slot.submit(6, "opts").result(5) == 60
+    with q.acquire():
+        pass  # admitted but never submitted (e.g. a 400): the slot comes back
+    assert q.in_flight == 0
+
+    gate.clear()
+    slot = q.acquire()
+    queued = slot.submit(7, "opts")
+    threading.Timer(0.2, gate.set).start()
+    q.close(10)  # finishes what was queued before stopping
+    assert queued.result(0) == 70
+    with pytest.raises(QueueClosedError):
+        q.acquire()
+
+
+def test_cancelled_job_frees_its_slot_and_samples():
+    from whisper_zh.serving_queue import BatchingQueue
+
+    gate, entered = threading.Event(), threading.Event()
+    q = BatchingQueue(lambda items, o, p: (entered.set(), gate.wait(10), list(items))[2], max_pending=2,
+                      max_batch=1, batch_window_s=0.0)
+    q.start()
+    try:
+        busy = q.acquire().submit(np.zeros(4), "o")
+        assert entered.wait(5)
+        waiting = q.acquire().submit(np.zeros(16000 * 60, dtype=np.float32), "o")
+        assert q.in_flight == 2
+        assert waiting.cancel()  # the client went away before its turn
+        assert q.in_flight == 1
+        assert [job.audio for job in q._jobs.queue] == [None]  # its minute of samples is freed while it waits
+        gate.set()
+        busy.result(5)
+    finally:
+        gate.set()
+        q.close(10)
+    assert q.in_flight == 0
