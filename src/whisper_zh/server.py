@@ -164,7 +164,10 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        endpoint = path if path in _UPLOAD_PATHS or path == "/v1/models" else "/v1/models/{id}"
+        if path in _UPLOAD_PATHS or path == "/v1/models":
+            endpoint = path
+        else:  # bounded label values, whatever paths clients try
+            endpoint = "/v1/models/{id}" if path.startswith("/v1/models/") else "other"
         started = time.perf_counter()
         status_seen: list[int] = []
 
@@ -498,6 +501,8 @@ def _request_options(
         changes["initial_prompt"] = prompt
     elif language not in (None, "zh"):
         changes["initial_prompt"] = None  # the default prompt is Mandarin: no use for another language
+    if language not in (None, "zh") and not script:
+        changes["script"] = "as-is"  # Simplified/Traditional conversion is for Chinese text only
     if task == "translate":
         changes["initial_prompt"] = prompt or None
     if temperature:  # OpenAI: 0 (or unset) means "start greedy, raise the temperature when decoding fails"
