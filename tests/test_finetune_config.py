@@ -19,7 +19,10 @@ from whisper_zh.training.config import (
 def test_defaults_are_the_reference_recipe():
     config = FinetuneConfig()
     assert (config.learning_rate, config.per_device_train_batch_size, config.gradient_accumulation_steps) == (
-        1e-5, 2, 16)
+        1e-5,
+        2,
+        16,
+    )
     assert config.total_batch_size == 32
     assert config.optimizer == "adamw" and config.lr_scheduler == "linear" and config.warmup_steps > 0
     assert config.script == "simplified"
@@ -42,7 +45,9 @@ def test_every_shipped_recipe_loads_and_validates():
 
 def test_precedence_recipe_then_file_then_flags(tmp_path):
     yaml_file = tmp_path / "c.yaml"
-    yaml_file.write_text("learning_rate: 3.0e-5\nmax_steps: 7\nlora:\n  enabled: true\n  r: 8\n", encoding="utf-8")
+    yaml_file.write_text(
+        "learning_rate: 3.0e-5\nmax_steps: 7\nlora:\n  enabled: true\n  r: 8\n", encoding="utf-8"
+    )
     config = build_config(recipe="whisper-medium-zh-cn", config_file=yaml_file, overrides={"max_steps": 9})
     assert config.model == "medium"  # from the recipe
     assert config.learning_rate == 3e-5  # file beats recipe
@@ -52,8 +57,9 @@ def test_precedence_recipe_then_file_then_flags(tmp_path):
 
 def test_toml_config_and_set_overrides(tmp_path):
     toml_file = tmp_path / "c.toml"
-    toml_file.write_text('model = "tiny"\ngradient_accumulation_steps = 4\n[diagnostics]\nflat_window = 3\n',
-                         encoding="utf-8")
+    toml_file.write_text(
+        'model = "tiny"\ngradient_accumulation_steps = 4\n[diagnostics]\nflat_window = 3\n', encoding="utf-8"
+    )
     sets = parse_set_options(["lora.r=4", "packing=true", "max_eval_samples=12", "lr_scheduler=cosine"])
     config = build_config(config_file=toml_file, overrides=sets)
     assert config.model == "tiny" and config.gradient_accumulation_steps == 4
@@ -103,8 +109,20 @@ def test_cli_print_config_applies_flags(capsys):
     parser = argparse.ArgumentParser()
     finetune.add_parser(parser.add_subparsers())
     args = parser.parse_args(
-        ["finetune", "--recipe", "whisper-medium-zh-cn", "--lr", "2e-5", "--batch-size", "4", "--lora",
-         "--set", "warmup_steps=10", "--print-config"])
+        [
+            "finetune",
+            "--recipe",
+            "whisper-medium-zh-cn",
+            "--lr",
+            "2e-5",
+            "--batch-size",
+            "4",
+            "--lora",
+            "--set",
+            "warmup_steps=10",
+            "--print-config",
+        ]
+    )
     assert args.func(args) == 0
     import yaml
 
@@ -114,3 +132,24 @@ def test_cli_print_config_applies_flags(capsys):
     assert printed["gradient_accumulation_steps"] == 16
     assert printed["warmup_steps"] == 10
     assert printed["lora"]["enabled"] is True
+
+
+@pytest.mark.parametrize("kind", ["linear", "constant", "cosine"])
+def test_scheduler_matches_transformers(kind):
+    import torch
+    from transformers import get_scheduler
+
+    from whisper_zh.training.trainer import make_scheduler
+
+    hf_kind = "constant_with_warmup" if kind == "constant" else kind
+    ours, theirs = [], []
+    for schedule, out in ((lambda o: make_scheduler(o, kind, 3, 10), ours),
+                          (lambda o: get_scheduler(hf_kind, o, num_warmup_steps=3, num_training_steps=10), theirs)):
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2e-5)
+        scheduler = schedule(optimizer)
+        for _ in range(10):
+            out.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+    assert ours == pytest.approx(theirs, abs=1e-12)
+    assert ours[0] == 0.0 and ours[3] == pytest.approx(2e-5)

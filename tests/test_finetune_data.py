@@ -24,7 +24,9 @@ from whisper_zh.training.features import (
 )
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aishell1-sample-S0150"
-needs_data = pytest.mark.skipif(not (DATA / "manifest.jsonl").is_file(), reason=f"shared clips not found at {DATA}")
+needs_data = pytest.mark.skipif(
+    not (DATA / "manifest.jsonl").is_file(), reason=f"shared clips not found at {DATA}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,9 @@ def test_single_example_prefix_labels_and_simplified_target(tokenizer, clips):
     builder = ExampleBuilder(tokenizer, Featurizer())
     item = Item("t1", clips[0].audio, " 這是測試，好嗎？ ")  # Traditional with punctuation
     example = builder.single(item)
-    ids = tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|zh|>", "<|transcribe|>", "<|notimestamps|>"])
+    ids = tokenizer.convert_tokens_to_ids(
+        ["<|startoftranscript|>", "<|zh|>", "<|transcribe|>", "<|notimestamps|>"]
+    )
     assert example.decoder_input_ids[:4] == ids
     assert example.labels[:3] == [-100, -100, -100]  # forced prefix carries no loss
     assert example.labels[-1] == tokenizer.convert_tokens_to_ids("<|endoftext|>")
@@ -62,11 +66,11 @@ def test_faster_whisper_features_pad_frames_not_audio(clips):
     assert fw.shape == hf.shape == (80, 3000)
     content = int(item.duration * 100)
     # faster-whisper style: log-mel of the clip, then zero frames; Transformers: log-mel of 30 s of audio
-    assert np.all(fw[:, content + 1:] == 0.0)
+    assert np.all(fw[:, content + 1 :] == 0.0)
     assert np.abs(fw[:, : content - 1]).sum(axis=0).min() > 0
-    assert not np.all(hf[:, content + 1:] == 0.0)
+    assert not np.all(hf[:, content + 1 :] == 0.0)
     # the speech part agrees closely between the two pipelines (same filters, same normalisation max)
-    assert np.abs(fw[:, 10:content - 10] - hf[:, 10:content - 10]).mean() < 0.05
+    assert np.abs(fw[:, 10 : content - 10] - hf[:, 10 : content - 10]).mean() < 0.05
 
 
 def load_audio_array(item):
@@ -91,8 +95,8 @@ def test_packed_example_marks_each_utterance_with_timestamps(tokenizer, clips):
     assert example.n_utterances == 2
     # the window holds both clips' audio: frames after their end (+gap) are padding
     end_frame = int((d0 + PACK_GAP_SECONDS + d1) * 100)
-    assert np.all(example.input_features[:, end_frame + 1:] == 0.0)
-    assert np.abs(example.input_features[:, end_frame - 50: end_frame - 1]).sum() > 0
+    assert np.all(example.input_features[:, end_frame + 1 :] == 0.0)
+    assert np.abs(example.input_features[:, end_frame - 50 : end_frame - 1]).sum() > 0
 
 
 def test_plan_windows_packs_within_limits_and_is_deterministic():
@@ -121,18 +125,21 @@ def test_collator_pads_inputs_with_eot_and_labels_with_ignore(tokenizer, clips):
     assert tuple(batch["input_features"].shape) == (2, 80, 3000)
     width = len(a.labels)
     assert tuple(batch["labels"].shape) == (2, width)
-    assert batch["labels"][1, len(b.labels):].tolist() == [-100] * (width - len(b.labels))
-    assert batch["decoder_input_ids"][1, len(b.decoder_input_ids):].tolist() == [tokenizer.pad_token_id] * (
-        width - len(b.decoder_input_ids))
+    assert batch["labels"][1, len(b.labels) :].tolist() == [-100] * (width - len(b.labels))
+    assert batch["decoder_input_ids"][1, len(b.decoder_input_ids) :].tolist() == [tokenizer.pad_token_id] * (
+        width - len(b.decoder_input_ids)
+    )
     assert batch["n_utterances"] == 2
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 
+
 def _write(files: dict[str, bytes]):
     def writer(tmp: Path) -> None:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
+
     return writer
 
 

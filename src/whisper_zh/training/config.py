@@ -79,6 +79,7 @@ class FinetuneConfig:
     generation_max_length: int = 225
     num_beams: int = 1
     save_total_limit: int = 2
+    eval_at_start: bool = True  # CER of the starting model: the card's "before", and the floor for "best"
     early_stopping_patience: int | None = None
     # data
     feature_pipeline: Literal["faster-whisper", "transformers"] = "faster-whisper"

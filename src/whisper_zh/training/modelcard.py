@@ -1,0 +1,206 @@
+"""The run's human-facing outputs: ``out/README.md`` (a Hugging Face style model card) and ``out/curves.png``."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from whisper_zh.training.checkpoints import atomic_write_text
+
+FRAMEWORKS = ("whisper-zh", "transformers", "torch", "accelerate", "peft", "tokenizers", "datasets", "ctranslate2",
+              "faster-whisper")
+
+
+def framework_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in FRAMEWORKS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def plot_curves(log_path: Path, png_path: Path) -> Path | None:
+    """Train loss and eval CER against steps, from train_log.jsonl. None when there is nothing to plot."""
+    rows = _read_log(Path(log_path))
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r and "event" not in r]
+    evals = [(r["step"], r["cer"]) for r in rows if "cer" in r]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=True), color="tab:blue", label="train loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("train loss", color="tab:blue")
+    if evals:
+        ax2 = ax.twinx()
+        steps, cers = zip(*evals, strict=True)
+        ax2.plot(steps, [100 * c for c in cers], "o-", color="tab:red", label="eval CER")
+        ax2.set_ylabel("eval CER (%)", color="tab:red")
+    ax.set_title("whisper-zh finetune")
+    fig.tight_layout()
+    png_path = Path(png_path)
+    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(png_path)
+    return png_path
+
+
+def _data_summary(spec: str | None) -> dict[str, Any]:
+    from whisper_zh.training.features import load_utterances
+
+    if not spec:
+        return {"source": None}
+    try:
+        items = load_utterances(spec)
+    except Exception as exc:  # noqa: BLE001 - a card is still written without the summary
+        return {"source": spec, "error": str(exc)}
+    seconds = sum(float(it.duration or 0.0) for it in items)
+    return {"source": spec, "utterances": len(items), "hours": seconds / 3600}
+
+
+def _lora_text(lora: Any) -> str:
+    if not lora.enabled:
+        return "no"
+    return f"r={lora.r} alpha={lora.alpha} dropout={lora.dropout:g} on {', '.join(lora.target_modules)} (merged on export)"
+
+
+def write_model_card(config: Any, result: Any, out_dir: Path, *, exported_step: int, command: str | None) -> Path:
+    """Write ``out_dir/README.md``: base model, data, hyperparameters, per-eval results, versions, command."""
+    rows = _read_log(Path(out_dir) / "train_log.jsonl")
+    evals = [r for r in rows if "cer" in r]
+    train_loss = {r["step"]: r["loss"] for r in rows if "loss" in r and "event" not in r}
+    train_data, eval_data = _data_summary(config.train), _data_summary(config.eval)
+    final = next((r for r in evals if r["step"] == exported_step), evals[-1] if evals else None)
+    world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f}"
+
+    lines = [
+        "---",
+        "language: zh",
+        "license: mit",
+        f"base_model: {config.model}",
+        "tags: [whisper, automatic-speech-recognition, zh-CN, whisper-zh]",
+        "metrics: [cer]",
+        "---",
+        "",
+        f"# {Path(out_dir).resolve().name}",
+        "",
+        f"This model is a fine-tuned version of `{config.model}` for Mandarin Chinese (zh-CN) made with whisper-zh.",
+        f"Exported checkpoint: step {exported_step} (the best eval CER).",
+        "",
+    ]
+    if final:
+        ci = final.get("cer_ci") or [None, None]
+        lines += [
+            f"- **CER: {pct(final['cer'])} %** (95 % bootstrap CI {pct(ci[0])}–{pct(ci[1])} %, "
+            f"{final.get('eval_utterances', '?')} utterances)",
+            f"- CER before fine-tuning: {pct(result.initial_cer)} %",
+            f"- WER on jieba-segmented words: {pct(final.get('wer_segmented'))} %",
+            "",
+        ]
+    lines += [
+        "## Usage",
+        "",
+        "```bash",
+        f"whisper-zh transcribe --model {out_dir} audio.wav",
+        "```",
+        "",
+        "## Data",
+        "",
+        "| split | source | utterances | hours |",
+        "|---|---|---|---|",
+    ]
+    for name, info in (("train", train_data), ("eval", eval_data)):
+        hours = f"{info['hours']:.3f}" if "hours" in info else "?"
+        lines.append(f"| {name} | `{info.get('source')}` | {info.get('utterances', '?')} | {hours} |")
+    lines += [
+        "",
+        "Targets: converted to Simplified characters, punctuation kept; decoder prefix "
+        "`<|startoftranscript|><|zh|><|transcribe|><|notimestamps|>`"
+        + (" (packed windows use timestamp tokens instead of `<|notimestamps|>`)." if config.packing else "."),
+        "CER is computed on generate() output after whisper-zh's scoring normaliser (width, script, "
+        "punctuation, whitespace).",
+        "",
+        "## Training hyperparameters",
+        "",
+        f"- learning_rate: {config.learning_rate:g}",
+        f"- per_device_train_batch_size: {config.per_device_train_batch_size}",
+        f"- gradient_accumulation_steps: {config.gradient_accumulation_steps}",
+        f"- num_processes: {world}",
+        f"- total_train_batch_size: {config.total_batch_size * world}"
+        + (" (windows; each packs several utterances)" if config.packing else ""),
+        f"- per_device_eval_batch_size: {config.per_device_eval_batch_size}",
+        f"- optimizer: AdamW with betas=({config.adam_beta1},{config.adam_beta2}), epsilon={config.adam_epsilon:g}, "
+        f"weight_decay={config.weight_decay:g}",
+        f"- lr_scheduler_type: {config.lr_scheduler}",
+        f"- lr_scheduler_warmup_steps: {config.warmup_steps}",
+        f"- training_steps: {result.final_step} (max_steps {config.max_steps})",
+        f"- max_grad_norm: {config.max_grad_norm:g}",
+        f"- precision: {config.precision}",
+        f"- seed: {config.seed}",
+        f"- feature_pipeline: {config.feature_pipeline}",
+        f"- packing: {config.packing}",
+        f"- spec_augment: {config.spec_augment}",
+        f"- freeze_encoder: {config.freeze_encoder}",
+        f"- lora: {_lora_text(config.lora)}",
+        "",
+        "## Training results",
+        "",
+        "| step | train loss | eval loss | CER (%) | segmented WER (%) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in evals:
+        loss = train_loss.get(r["step"])
+        eval_loss = r.get("eval_loss")
+        lines.append(f"| {r['step']} | {'-' if loss is None else f'{loss:.4f}'} | "
+                     f"{'-' if eval_loss is None else f'{eval_loss:.4f}'} | {pct(r['cer'])} | "
+                     f"{pct(r.get('wer_segmented'))} |")
+    warnings = [r for r in rows if r.get("level") in ("warning", "error")]
+    if warnings:
+        lines += ["", "## Diagnostics during training", ""]
+        lines += [f"- step {r['step']}: {r['message']}" for r in warnings]
+    lines += ["", "## Framework versions", ""]
+    lines += [f"- {name}: {version}" for name, version in framework_versions().items()]
+    cmd = command or " ".join(shlex.quote(a) for a in sys.argv)
+    lines += [
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        cmd,
+        "```",
+        "",
+        "The resolved configuration is in `finetune_config.yaml` (`whisper-zh finetune --config "
+        "finetune_config.yaml` runs it again); the per-step log is `train_log.jsonl`, plotted in `curves.png`.",
+        "",
+    ]
+    path = Path(out_dir) / "README.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

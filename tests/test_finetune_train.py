@@ -1,0 +1,349 @@
+"""Fine-tuning end to end on a tiny random Whisper and real shared clips: a few optimizer steps each.
+
+Covers: the logged loss equals a plain PyTorch loop's (no accumulation scaling), loss falls, generate-based CER
+per eval, best checkpoint exported in Transformers layout with card and curves, kill -9 and --resume, divergence
+stop, LoRA merged on export, CTranslate2 export usable by the Transcriber, and two-process DDP (gloo).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from whisper_zh.training import checkpoints as ckpt
+from whisper_zh.training.config import build_config
+from whisper_zh.training.features import Collator, ExampleBuilder, Featurizer, load_utterances, write_manifest
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aishell1-sample-S0150"
+pytestmark = pytest.mark.skipif(
+    not (DATA / "manifest.jsonl").is_file(), reason=f"shared clips not found at {DATA}"
+)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from whisper_zh.hf import build_tiny_random_whisper
+
+    root = tmp_path_factory.mktemp("ft")
+    model = build_tiny_random_whisper(root / "tiny", seed=0, d_model=32, layers=1, heads=2, ffn_dim=64)
+    items = load_utterances(DATA / "manifest.jsonl")
+    train = write_manifest(items[201:203], root / "train.jsonl")  # 2 news clips: the same batch every step
+    evalset = write_manifest(items[450:452], root / "eval.jsonl")
+    return {"root": root, "model": str(model), "train": str(train), "eval": str(evalset), "items": items}
+
+
+def _config(setup, out: Path, **overrides):
+    values = dict(
+        model=setup["model"],
+        train=setup["train"],
+        eval=setup["eval"],
+        output_dir=str(out),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_steps=3,
+        warmup_steps=0,
+        eval_steps=3,
+        save_steps=3,
+        logging_steps=1,
+        precision="fp32",
+        learning_rate=1e-3,
+        generation_max_length=8,
+        lr_scheduler="constant",
+        skip_doctor=True,
+    )
+    values.update(overrides)
+    return build_config(overrides=values)
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_finetune_end_to_end_exports_best_model_card_and_curves(setup, tmp_path):
+    from whisper_zh.hf import load_transformers_whisper
+    from whisper_zh.training.trainer import finetune
+
+    out = tmp_path / "out"
+    result = finetune(_config(setup, out, eval_steps=2, save_steps=1, save_total_limit=1), progress=False)
+    rows = _rows(out)
+    train_rows = [r for r in rows if "loss" in r and "event" not in r]
+    eval_rows = [r for r in rows if "cer" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3]
+    assert [r["step"] for r in eval_rows] == [0, 2, 3]
+    # Adam at lr 1e-3 on one repeated batch: the loss must fall every step
+    losses = [r["loss"] for r in train_rows]
+    assert losses[0] > losses[1] > losses[2]
+    assert all(r["cer"] >= 0 for r in eval_rows) and eval_rows[0]["eval_utterances"] == 2
+    assert result.best_cer == min(r["cer"] for r in eval_rows)
+    assert result.best_step == min(eval_rows, key=lambda r: (r["cer"], r["step"]))["step"]
+    # best + last kept, older ones pruned; everything kept is complete
+    kept = {p.name for p in (out / "checkpoints").iterdir()}
+    assert f"step-{result.best_step:06d}" in kept and "step-000003" in kept
+    assert all(ckpt.is_complete(p) for _, p in ckpt.list_checkpoints(out / "checkpoints"))
+    # the exported model is the best checkpoint, in Transformers layout, loadable offline
+    model, processor = load_transformers_whisper(str(out))
+    from safetensors.torch import load_file
+
+    best = load_file(str(out / "checkpoints" / f"step-{result.best_step:06d}" / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    for name in ("model.decoder.layers.0.fc1.weight", "model.encoder.conv1.weight"):
+        assert torch.equal(params[name], best[name])
+    assert (out / "preprocessor_config.json").is_file()
+    # card and curves
+    card = (out / "README.md").read_text(encoding="utf-8")
+    for needle in (
+        "learning_rate: 0.001",
+        "per_device_train_batch_size: 2",
+        "gradient_accumulation_steps: 1",
+        "betas=(0.9,0.999)",
+        "| 3 |",
+        "## Framework versions",
+        "transformers:",
+        "## Reproduce",
+        "CER before fine-tuning",
+        "utterances)",
+    ):
+        assert needle in card, needle
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert build_config(config_file=out / "finetune_config.yaml").learning_rate == 1e-3
+
+
+def test_logged_loss_equals_plain_pytorch_loop(setup, tmp_path):
+    """No gradient-accumulation scaling: with batch 1 x accumulation 2 the step loss is the mean per-clip loss."""
+    from whisper_zh.hf import load_transformers_whisper
+    from whisper_zh.training.trainer import finetune
+
+    model, processor = load_transformers_whisper(setup["model"])
+    builder = ExampleBuilder(processor.tokenizer, Featurizer())
+    collate = Collator(processor.tokenizer.pad_token_id)
+    reference = []
+    with torch.no_grad():
+        for item in load_utterances(setup["train"]):
+            batch = collate([builder.single(item)])
+            reference.append(
+                float(
+                    model(
+                        input_features=batch["input_features"],
+                        decoder_input_ids=batch["decoder_input_ids"],
+                        labels=batch["labels"],
+                    ).loss
+                )
+            )
+    out = tmp_path / "out"
+    finetune(
+        _config(
+            setup,
+            out,
+            per_device_train_batch_size=1,
+            gradient_accumulation_steps=2,
+            max_steps=1,
+            eval_steps=1,
+            save_steps=1,
+            learning_rate=1e-5,
+        ),
+        progress=False,
+    )
+    first = next(r for r in _rows(out) if r.get("step") == 1 and "loss" in r)
+    assert first["loss"] == pytest.approx(sum(reference) / 2, rel=1e-4)
+    assert first["samples"] == 2
+
+
+def _cli(setup, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "whisper_zh",
+        "finetune",
+        "--model",
+        setup["model"],
+        "--train",
+        setup["train"],
+        "--eval",
+        setup["eval"],
+        "-o",
+        str(out),
+        "--batch-size",
+        "1",
+        "--grad-accum",
+        "1",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "0",
+        "--precision",
+        "fp32",
+        "--logging-steps",
+        "1",
+        "--skip-doctor",
+        "--no-progress",
+        "--set",
+        "generation_max_length=4",
+        "--set",
+        "lr_scheduler=constant",
+        *extra,
+    ]
+
+
+def test_kill_9_then_resume_continues_from_last_complete_checkpoint(setup, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        _cli(setup, out, "--max-steps", "40", "--save-steps", "1", "--eval-steps", "100"),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            done = ckpt.latest_complete(out / "checkpoints")
+            if done is not None and done.name >= "step-000002":
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoint within 240 s")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed_at = ckpt.latest_complete(out / "checkpoints")
+    step = int(killed_at.name.split("-")[1])
+    assert step >= 2 and not (out / "model.safetensors").exists()
+    # resume to a few steps past the kill
+    final = step + 2
+    done = subprocess.run(
+        _cli(setup, out, "--max-steps", str(final), "--save-steps", "1", "--eval-steps", "100", "--resume"),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = _rows(out)
+    resumed = [r for r in rows if r.get("event") == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["step"] >= step
+    start = resumed[0]["step"]
+    train_steps = [r["step"] for r in rows if "loss" in r and "event" not in r]
+    assert train_steps == list(range(1, final + 1))  # each step logged once: nothing lost, nothing repeated
+    assert [r["step"] for r in rows if "cer" in r] == [0, final]
+    assert (out / "model.safetensors").is_file() and "step" in (out / "README.md").read_text(encoding="utf-8")
+    # the resumed run continues the same trajectory as an uninterrupted one (same data order, optimizer state)
+    from whisper_zh.training.trainer import finetune
+
+    straight = tmp_path / "straight"
+    finetune(
+        _config(
+            setup,
+            straight,
+            per_device_train_batch_size=1,
+            max_steps=start + 1,
+            eval_steps=100,
+            save_steps=100,
+            generation_max_length=4,
+        ),
+        progress=False,
+    )
+    ref = {r["step"]: r["loss"] for r in _rows(straight) if "loss" in r and "event" not in r}
+    got = {r["step"]: r["loss"] for r in rows if "loss" in r and "event" not in r}
+    assert got[start + 1] == pytest.approx(ref[start + 1], rel=1e-4)
+
+
+def test_diverging_run_stops_with_plain_words(setup, tmp_path):
+    from whisper_zh.training.diagnostics import TrainingDivergedError
+    from whisper_zh.training.trainer import finetune
+
+    out = tmp_path / "out"
+    with pytest.raises(TrainingDivergedError, match="learning rate .* too high"):
+        finetune(
+            _config(
+                setup, out, learning_rate=5.0, max_steps=12, eval_steps=100, save_steps=100, max_grad_norm=1e9
+            ),
+            progress=False,
+        )
+    events = [r for r in _rows(out) if r.get("level") == "error"]
+    assert events and events[0]["event"] in ("nan_loss", "exploding_loss")
+
+
+def test_lora_trains_adapters_only_and_merges_on_export(setup, tmp_path):
+    from safetensors.torch import load_file
+
+    from whisper_zh.hf import load_transformers_whisper
+    from whisper_zh.training.trainer import finetune
+
+    out = tmp_path / "out"
+    result = finetune(
+        _config(
+            setup,
+            out,
+            max_steps=2,
+            eval_steps=2,
+            save_steps=2,
+            learning_rate=1e-2,
+            **{"lora.enabled": True, "lora.r": 4, "lora.alpha": 8},
+        ),
+        progress=False,
+    )
+    saved = load_file(str(out / "checkpoints" / "step-000002" / "trainable.safetensors"))
+    assert saved and all("lora_" in name for name in saved)
+    merged, _ = load_transformers_whisper(str(out))
+    base, _ = load_transformers_whisper(setup["model"])
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    if result.best_step == 2:  # adapters trained and merged: the attention weights moved, the FFN did not
+        mp, bp = dict(merged.named_parameters()), dict(base.named_parameters())
+        assert not torch.equal(
+            mp["model.decoder.layers.0.self_attn.q_proj.weight"],
+            bp["model.decoder.layers.0.self_attn.q_proj.weight"],
+        )
+        assert torch.equal(mp["model.decoder.layers.0.fc1.weight"], bp["model.decoder.layers.0.fc1.weight"])
+    assert "lora: r=4 alpha=8" in (out / "README.md").read_text(encoding="utf-8")
+
+
+def test_export_ct2_is_transcribable(setup, tmp_path):
+    import ctranslate2
+
+    from whisper_zh.models import resolve_model
+    from whisper_zh.training.trainer import finetune
+    from whisper_zh.transcriber import Transcriber
+
+    out = tmp_path / "out"
+    finetune(_config(setup, out, max_steps=1, eval_steps=1, save_steps=1, export_ct2=True, eval_at_start=False),
+             progress=False)
+    assert resolve_model(str(out)).layout == "transformers"
+    assert resolve_model(str(out / "ctranslate2-int8")).layout == "ctranslate2"
+    ctranslate2.models.Whisper(str(out / "ctranslate2-int8"), device="cpu", compute_type="int8")
+    # `whisper-zh transcribe --model out/` path: the Transcriber takes the Transformers layout as is
+    result = Transcriber(str(out)).transcribe(setup["items"][450].audio)
+    assert isinstance(result.text, str)
+
+
+def test_torchrun_two_cpu_processes_gloo(setup, tmp_path):
+    out = tmp_path / "out"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc_per_node", "2", "-m", "whisper_zh"] + _cli(
+        setup, out, "--max-steps", "2", "--eval-steps", "2"
+    )[3:]
+    done = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    train_rows = [r for r in _rows(out) if "loss" in r and "event" not in r]
+    # two processes x batch 1: two utterances per optimizer step, logged once (rank 0)
+    assert [r["samples"] for r in train_rows] == [2, 4]
+    assert (out / "model.safetensors").is_file()
+    assert "num_processes: 2" in (out / "README.md").read_text(encoding="utf-8")
