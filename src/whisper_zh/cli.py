@@ -11,6 +11,8 @@ import sys
 COMMANDS = (
     "whisper_zh.commands.transcribe",
     "whisper_zh.commands.convert",
+    "whisper_zh.commands.finetune",
+    "whisper_zh.commands.doctor",
     "whisper_zh.commands.evaluate",
     "whisper_zh.commands.serve",
 )
