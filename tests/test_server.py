@@ -495,3 +495,43 @@ def test_cancelled_job_frees_its_slot_and_samples():
         gate.set()
         q.close(10)
     assert q.in_flight == 0
+
+
+# -- the README's curl examples, as written (only the port is changed) ---------------------------------
+
+
+def _readme_curl_commands(readme: Path) -> list[str]:
+    text = readme.read_text(encoding="utf-8")
+    if "### curl" not in text:
+        return []
+    block = text.split("### curl", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands, current = [], ""
+    for line in block.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        current += line.rstrip("\\").rstrip() + " " if line.endswith("\\") else line
+        if not line.endswith("\\"):
+            commands.append(current.strip())
+            current = ""
+    return commands
+
+
+def test_readme_curl_examples_work_as_written(request):
+    import shutil
+
+    readme = Path(os.environ.get("WHISPER_ZH_README", REPO / "README.md"))
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    commands = _readme_curl_commands(readme) if readme.is_file() else []
+    if not commands:
+        pytest.skip(f"{readme} has no '### curl' section with examples yet")
+    host_port = request.getfixturevalue("server").removeprefix("http://")
+    env = {**os.environ, "WHISPER_ZH_API_KEY": "any-key"}  # the server under test has no key: header ignored
+    for command in commands:
+        assert "127.0.0.1:8000" in command, command
+        done = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", command.replace("127.0.0.1:8000", host_port)],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert done.returncode == 0, (command, done.stderr[-500:])
+        assert done.stdout.strip() and '"error"' not in done.stdout, (command, done.stdout[:500])
