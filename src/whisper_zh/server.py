@@ -632,6 +632,8 @@ def _stream_response(
                         yield event({"type": "transcript.progress", "fraction": round(min(getter.result(), 1.0), 3)})
                     else:
                         getter.cancel()
+                while not updates.empty():  # progress reported just before the piece finished
+                    yield event({"type": "transcript.progress", "fraction": round(min(updates.get_nowait(), 1.0), 3)})
                 try:
                     piece = waiting.result()
                 except AudioError as exc:
