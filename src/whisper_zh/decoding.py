@@ -35,6 +35,8 @@ class DecodeOptions:
     no_speech_threshold: float = 0.6
     max_new_tokens: int | None = None
     repetition_guard: bool = True
+    # Decode short clips (<= 20 s) several to a 30 s window, split back by word timestamps (faster on many clips).
+    pack: bool = True
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:

@@ -36,19 +36,28 @@ from whisper_zh.results import Segment, Transcription, Word
 logger = logging.getLogger(__name__)
 
 CHUNK_SECONDS = 30.0
+# Packing: clips up to PACK_MAX_CLIP seconds share one 30 s window, separated by PACK_GAP seconds of silence.
+# Whisper's encoder always pays for 30 s, so a 5 s clip alone wastes five sixths of it.
+PACK_MAX_CLIP = 20.0
+PACK_GAP = 0.8
+PACK_WINDOW = 29.0
+# In VAD-split audio, a silence at least this long starts a new segment.
+PAUSE_SECONDS = 0.5
 # Audio held in memory at once by transcribe_iter before its chunks are decoded (bounds memory on big batches).
 WINDOW_SECONDS = 900.0
 
 ProgressCallback = Callable[[float], None]
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: used as a dict key
 class _File:
     index: int
     source: str
     audio: np.ndarray
     speech_map: SpeechTimestampsMap | None = None
+    speech: list[dict[str, int]] | None = None  # VAD speech regions (samples), when VAD split the file
     language: str | None = None
+    credited: float = 0.0  # seconds already reported to the progress callback
 
 
 @dataclass
@@ -57,7 +66,8 @@ class _Chunk:
     audio: np.ndarray
     offset: float  # seconds, on the file's (speech-only, when VAD ran) timeline
     duration: float
-    features: np.ndarray | None = None
+    # For a pack of short clips: (file, start, end) of each clip on the pack's timeline.
+    members: list[tuple[_File, float, float]] | None = None
 
 
 class Transcriber:
@@ -146,11 +156,46 @@ class Transcriber:
     def _decode_window(
         self, files: list[_File], options: DecodeOptions, on_progress: ProgressCallback | None
     ) -> Iterator[tuple[int, Transcription]]:
-        chunks = [chunk for file in files for chunk in self._split(file, options)]
-        for chunk in chunks:
-            chunk.features = pad_or_trim(self._model.feature_extractor(chunk.audio)[..., :-1])
-        self._assign_languages(files, chunks, options)
+        self._assign_languages(files, options)
+        packable = [
+            f for f in files if options.pack and f.language and len(f.audio) <= PACK_MAX_CLIP * SAMPLE_RATE
+        ]
+        packed_ids = {id(f) for f in packable}
+        chunks = [
+            chunk for file in files if id(file) not in packed_ids for chunk in self._split(file, options)
+        ]
+        packs = _make_packs(packable)
         raw: dict[int, list[dict[str, Any]]] = {file.index: [] for file in files}
+        split_by_vad = [c for c in chunks if c.file.speech is not None]
+        whole = [c for c in chunks if c.file.speech is None]
+        for group, words in ((whole, options.word_timestamps), (split_by_vad, True)):
+            for chunk, subsegments in self._decode_chunks(group, options, words, on_progress):
+                raw[chunk.file.index].extend(subsegments)
+        redo: list[_File] = []
+        for pack, subsegments in self._decode_chunks(packs, options, True, on_progress):
+            for file, parts in _unpack(pack, subsegments, options).items():
+                if parts is None:
+                    redo.append(file)
+                else:
+                    raw[file.index].extend(parts)
+        if redo:  # clips the packed pass could not place with confidence: decode them on their own
+            logger.debug("%d packed clips decoded again on their own", len(redo))
+            retry = [chunk for file in redo for chunk in self._split(file, options)]
+            for chunk, subsegments in self._decode_chunks(retry, options, options.word_timestamps, None):
+                raw[chunk.file.index].extend(subsegments)
+        for file in files:
+            if on_progress and file.credited < (total := len(file.audio) / SAMPLE_RATE):
+                on_progress(total - file.credited)
+            yield file.index, self._assemble(file, raw[file.index], options)
+
+    def _decode_chunks(
+        self,
+        chunks: list[_Chunk],
+        options: DecodeOptions,
+        word_timestamps: bool,
+        on_progress: ProgressCallback | None,
+    ) -> Iterator[tuple[_Chunk, list[dict[str, Any]]]]:
+        """Decode chunks in batches (grouped by language); yields each chunk with its raw sub-segments."""
         by_language: dict[str, list[_Chunk]] = {}
         for chunk in chunks:
             by_language.setdefault(chunk.file.language or "zh", []).append(chunk)
@@ -158,30 +203,29 @@ class Transcriber:
             tokenizer = Tokenizer(
                 self._model.hf_tokenizer, self.is_multilingual, task=options.task, language=language
             )
-            fw_options = self._fw_options(options, tokenizer)
+            fw_options = self._fw_options(options, tokenizer, word_timestamps)
             # Similar durations decode to similar lengths: sorting keeps beams in a batch finishing together.
             group.sort(key=lambda c: c.duration, reverse=True)
             for start in range(0, len(group), options.batch_size):
                 batch = group[start : start + options.batch_size]
+                features = np.stack(
+                    [pad_or_trim(self._model.feature_extractor(c.audio)[..., :-1]) for c in batch]
+                )
                 self._pipeline.last_speech_timestamp = 0.0
                 outputs = self._pipeline.forward(
-                    np.stack([c.features for c in batch]),
+                    features,
                     tokenizer,
                     [{"offset": c.offset, "duration": c.duration} for c in batch],
                     fw_options,
                 )
                 for chunk, subsegments in zip(batch, outputs, strict=True):
                     if self._needs_fallback(subsegments, options):
-                        subsegments = self._decode_sequentially(chunk, options, language)
-                    if not self._is_silence(subsegments, options):
-                        raw[chunk.file.index].extend(subsegments)
-                if on_progress:
-                    on_progress(sum(c.duration for c in batch))
-        for file in files:
-            speech = sum(c.duration for c in chunks if c.file is file)
-            if on_progress and (rest := len(file.audio) / SAMPLE_RATE - speech) > 0:
-                on_progress(rest)
-            yield file.index, self._assemble(file, raw[file.index], options)
+                        subsegments = self._decode_sequentially(chunk, options, language, word_timestamps)
+                    if on_progress:
+                        for file, begin, finish in chunk.members or [(chunk.file, 0.0, chunk.duration)]:
+                            file.credited += finish - begin
+                            on_progress(finish - begin)
+                    yield chunk, ([] if self._is_silence(subsegments, options) else subsegments)
 
     def _split(self, file: _File, options: DecodeOptions) -> list[_Chunk]:
         duration = len(file.audio) / SAMPLE_RATE
@@ -205,6 +249,7 @@ class Transcriber:
             logger.info("%s: no speech found by VAD", file.source)
             return []
         file.speech_map = SpeechTimestampsMap(speech, SAMPLE_RATE)
+        file.speech = speech
         audio_chunks, metadata = collect_chunks(file.audio, speech, max_duration=CHUNK_SECONDS)
         return [
             _Chunk(file, audio, meta["offset"], meta["duration"])
@@ -212,19 +257,18 @@ class Transcriber:
             if len(audio)
         ]
 
-    def _assign_languages(self, files: list[_File], chunks: list[_Chunk], options: DecodeOptions) -> None:
+    def _assign_languages(self, files: list[_File], options: DecodeOptions) -> None:
         for file in files:
             if options.language or not self.is_multilingual:
                 file.language = options.language or "en"
                 continue
-            first = next((c for c in chunks if c.file is file), None)
-            if first is None:
-                file.language = "zh"
-                continue
-            language, _, _ = self._model.detect_language(features=first.features)
-            file.language = language
+            first_window = file.audio[: int(CHUNK_SECONDS * SAMPLE_RATE)]
+            features = pad_or_trim(self._model.feature_extractor(first_window)[..., :-1])
+            file.language, _, _ = self._model.detect_language(features=features)
 
-    def _fw_options(self, options: DecodeOptions, tokenizer: Tokenizer) -> TranscriptionOptions:
+    def _fw_options(
+        self, options: DecodeOptions, tokenizer: Tokenizer, word_timestamps: bool
+    ) -> TranscriptionOptions:
         return TranscriptionOptions(
             beam_size=options.beam_size,
             best_of=5,
@@ -244,7 +288,7 @@ class Transcriber:
             suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
             without_timestamps=not options.timestamps,
             max_initial_timestamp=0.0,
-            word_timestamps=options.word_timestamps,
+            word_timestamps=word_timestamps,
             prepend_punctuations="\"'“¿([{-「『《【",
             append_punctuations="\"'.。,，!！?？:：”)]}、」』》】",
             multilingual=False,
@@ -276,7 +320,7 @@ class Transcriber:
         )
 
     def _decode_sequentially(
-        self, chunk: _Chunk, options: DecodeOptions, language: str
+        self, chunk: _Chunk, options: DecodeOptions, language: str, word_timestamps: bool
     ) -> list[dict[str, Any]]:
         """faster-whisper's one-by-one path with temperature fallback, for a chunk the batched pass got wrong."""
         segments, _ = self._model.transcribe(
@@ -291,7 +335,7 @@ class Transcriber:
             condition_on_previous_text=False,
             initial_prompt=options.initial_prompt,
             hotwords=options.hotwords,
-            word_timestamps=options.word_timestamps,
+            word_timestamps=word_timestamps,
             without_timestamps=not options.timestamps,
             vad_filter=False,
         )
@@ -325,6 +369,8 @@ class Transcriber:
     def _assemble(self, file: _File, raw: list[dict[str, Any]], options: DecodeOptions) -> Transcription:
         segments: list[Segment] = []
         duration = len(file.audio) / SAMPLE_RATE
+        if file.speech is not None and file.speech_map is not None:
+            raw = _regroup_by_pause(raw, file.speech, file.speech_map, keep_words=options.word_timestamps)
         for item in sorted(raw, key=lambda s: s["start"]):
             text = item["text"].strip()
             if options.repetition_guard:
@@ -346,16 +392,6 @@ class Transcriber:
                     )
                     for w in item["words"]
                 ]
-            if file.speech_map is not None:
-                if words:
-                    for word in words:
-                        index = file.speech_map.get_chunk_index((word.start + word.end) / 2)
-                        word.start = file.speech_map.get_original_time(word.start, index)
-                        word.end = file.speech_map.get_original_time(word.end, index)
-                    start, end = words[0].start, words[-1].end
-                else:
-                    start = file.speech_map.get_original_time(start)
-                    end = file.speech_map.get_original_time(end, is_end=True)
             segments.append(
                 Segment(
                     id=len(segments),
@@ -370,6 +406,132 @@ class Transcriber:
                 )
             )
         return Transcription(file.source, segments, file.language or options.language or "zh", duration)
+
+
+def _regroup_by_pause(
+    raw: list[dict[str, Any]],
+    speech: list[dict[str, int]],
+    speech_map: SpeechTimestampsMap,
+    *,
+    keep_words: bool,
+) -> list[dict[str, Any]]:
+    """Rebuild a VAD-split file's segments from its words: one segment per stretch of speech between pauses of
+    at least PAUSE_SECONDS, with times on the original timeline.
+
+    A VAD chunk glues up to 30 s of speech together, so its decoded text spans many sentences and the silences
+    between them; the words, mapped back through the speech map, say where each sentence really is.
+    """
+    regions: list[list[float]] = []
+    for part in speech:
+        begin, finish = part["start"] / SAMPLE_RATE, part["end"] / SAMPLE_RATE
+        if regions and begin - regions[-1][1] < PAUSE_SECONDS and finish - regions[-1][0] <= CHUNK_SECONDS:
+            regions[-1][1] = finish
+        else:
+            regions.append([begin, finish])
+    buckets: list[list[tuple[dict[str, Any], dict[str, Any]]]] = [[] for _ in regions]
+    for item in raw:
+        for word in item.get("words") or []:
+            index = speech_map.get_chunk_index(word["end"], is_end=True)
+            end = speech_map.get_original_time(word["end"], index)
+            start = speech_map.get_original_time(word["start"], index)
+            # The end decides (see _unpack); the start is clamped to the region, since the alignment stretches the
+            # first word of a region back over the preceding pause.
+            k = next((k for k, (_, finish) in enumerate(regions) if end <= finish + 0.15), len(regions) - 1)
+            begin = regions[k][0]
+            buckets[k].append(({**word, "start": min(max(start, begin), end), "end": end}, item))
+    out = []
+    for bucket in buckets:
+        if not bucket:
+            continue
+        words = [word for word, _ in bucket]
+        items = {id(item): item for _, item in bucket}.values()
+        text = "".join(w["word"] for w in words)
+        out.append(
+            {
+                "text": text,
+                "start": words[0]["start"],
+                "end": words[-1]["end"],
+                "avg_logprob": float(np.mean([i["avg_logprob"] for i in items])),
+                "no_speech_prob": float(np.mean([i["no_speech_prob"] for i in items])),
+                "compression_ratio": get_compression_ratio(text) if text else 0.0,
+                "tokens": [],
+                "words": words if keep_words else None,
+            }
+        )
+    return out
+
+
+def _make_packs(files: list[_File]) -> list[_Chunk]:
+    """Greedily fill <= PACK_WINDOW-second windows with whole clips in input order, PACK_GAP of silence between."""
+    packs: list[_Chunk] = []
+    gap = np.zeros(int(PACK_GAP * SAMPLE_RATE), np.float32)
+    pieces: list[np.ndarray] = []
+    members: list[tuple[_File, float, float]] = []
+    cursor = 0.0
+
+    def close() -> None:
+        audio = np.concatenate(pieces[:-1])  # drop the trailing gap
+        packs.append(_Chunk(members[0][0], audio, 0.0, len(audio) / SAMPLE_RATE, list(members)))
+
+    for file in files:
+        seconds = len(file.audio) / SAMPLE_RATE
+        if members and (cursor + seconds > PACK_WINDOW or file.language != members[0][0].language):
+            close()
+            pieces, members, cursor = [], [], 0.0
+        members.append((file, cursor, cursor + seconds))
+        pieces += [file.audio, gap]
+        cursor += seconds + PACK_GAP
+    if members:
+        close()
+    return packs
+
+
+def _unpack(
+    pack: _Chunk, subsegments: list[dict[str, Any]], options: DecodeOptions
+) -> dict[_File, list[dict[str, Any]] | None]:
+    """Split a pack's words back into its clips; None marks a clip to decode again on its own.
+
+    A word goes to the clip in whose span its *end* falls: the alignment stretches the first word after a gap
+    back over the silence, so start times and midpoints land in the previous clip while end times do not.
+    """
+    members = pack.members or []
+    words: list[list[dict[str, Any]]] = [[] for _ in members]
+    for segment in subsegments:
+        for word in segment.get("words") or []:
+            for k, (_, _begin, finish) in enumerate(members):
+                if word["end"] <= finish + 0.15 or k == len(members) - 1:
+                    words[k].append(word)
+                    break
+    out: dict[_File, list[dict[str, Any]] | None] = {}
+    template = subsegments[0] if subsegments else {"avg_logprob": 0.0, "no_speech_prob": 0.0}
+    for (file, begin, finish), assigned in zip(members, words, strict=True):
+        text = "".join(w["word"] for w in assigned).strip()
+        seconds = finish - begin
+        rate = len(text) / seconds
+        if not text or (seconds > 2.0 and rate < 0.7) or rate > 12.0:
+            out[file] = None  # nothing or implausibly little/much text: the split cannot be trusted
+            continue
+        shifted = [
+            {
+                **w,
+                "start": min(max(w["start"] - begin, 0.0), seconds),
+                "end": min(max(w["end"] - begin, 0.0), seconds),
+            }
+            for w in assigned
+        ]
+        out[file] = [
+            {
+                "text": text,
+                "start": shifted[0]["start"],
+                "end": shifted[-1]["end"],
+                "avg_logprob": template["avg_logprob"],
+                "no_speech_prob": template["no_speech_prob"],
+                "compression_ratio": get_compression_ratio(text),
+                "tokens": [],
+                "words": shifted if options.word_timestamps else None,
+            }
+        ]
+    return out
 
 
 def _describe(source: AudioInput) -> str:

@@ -1,0 +1,120 @@
+"""The Python API on the real embedded base: real Mandarin in, Simplified text with sane timing out."""
+
+from __future__ import annotations
+
+import numpy as np
+import opencc
+import pytest
+from tests.media import read_flac
+
+from whisper_zh import DecodeOptions
+from whisper_zh.decoding import cut_repetition_loop
+from whisper_zh.errors import AudioError
+from whisper_zh.metrics import cer as raw_cer
+from whisper_zh.normalize import TextNormalizer
+
+T2S = opencc.OpenCC("t2s")
+
+
+def cer(refs, hyps):
+    """CER after the documented scoring normalisation (punctuation, width, script)."""
+    return raw_cer(refs, hyps, normalizer=TextNormalizer())
+
+
+def test_single_clip_is_accurate_simplified_and_timed(transcriber, example_clips):
+    clip = example_clips[1]
+    result = transcriber.transcribe(clip["path"])
+    assert cer(clip["text"], result.text).rate < 0.15
+    assert T2S.convert(result.text) == result.text  # nothing left to convert: Simplified
+    assert result.duration == pytest.approx(clip["duration"], abs=0.01)
+    (segment,) = result.segments
+    assert 0.0 <= segment.start < segment.end <= result.duration
+    assert segment.avg_logprob < 0 and 0.0 <= segment.no_speech_prob <= 1.0
+
+
+def test_batch_of_clips_matches_references(transcriber, news_rows):
+    rows = news_rows[:12]
+    results = transcriber.transcribe_batch([row["path"] for row in rows])
+    score = cer([row["text"] for row in rows], [r.text for r in results])
+    assert score.rate < 0.15, score
+    # Packing shares 30 s windows between clips: each clip must get only its own words back.
+    numbers = TextNormalizer(numbers="arabic")  # 百分之八十 and 80% are the same words
+    for row, result in zip(rows, results, strict=True):
+        assert raw_cer(row["text"], result.text, normalizer=numbers).rate < 0.5, (row["text"], result.text)
+
+
+def test_packed_and_unpacked_decoding_agree(transcriber, news_rows):
+    rows = news_rows[20:28]
+    refs = [row["text"] for row in rows]
+    packed = transcriber.transcribe_batch([r["path"] for r in rows], DecodeOptions(pack=True))
+    alone = transcriber.transcribe_batch([r["path"] for r in rows], DecodeOptions(pack=False))
+    assert abs(cer(refs, [r.text for r in packed]).rate - cer(refs, [r.text for r in alone]).rate) < 0.05
+
+
+def test_traditional_and_as_is_scripts(transcriber, example_clips):
+    path = example_clips[0]["path"]  # 其中有两个是内因的指标: 两/个/内/指 differ between the scripts
+    simplified = transcriber.transcribe(path).text
+    traditional = transcriber.transcribe(path, DecodeOptions(script="traditional")).text
+    assert traditional != simplified and "兩" in traditional
+    assert T2S.convert(traditional) == simplified
+
+
+def test_character_timestamps_are_ordered_and_inside_the_clip(transcriber, example_clips):
+    clip = example_clips[1]
+    result = transcriber.transcribe(clip["path"], DecodeOptions(word_timestamps=True))
+    words = [w for s in result.segments for w in s.words]
+    assert "".join(w.word for w in words) == result.text
+    starts = [w.start for w in words]
+    assert starts == sorted(starts)
+    assert all(0.0 <= w.start <= w.end <= result.duration + 0.01 for w in words)
+    assert words[-1].end > 0.7 * result.duration  # the speech runs to near the end of this clip
+
+
+def test_long_audio_is_split_by_voice_activity_with_true_timestamps(transcriber, news_rows):
+    """~60 s: 8 clips with pauses, 10 s of silence after the fourth; segments must start and end where clips do."""
+    rows = news_rows[40:48]
+    pieces, spans, cursor = [], [], 0.0
+    for k, row in enumerate(rows):
+        audio = read_flac(row["path"])
+        spans.append((cursor, cursor + len(audio) / 16000))
+        gap = 10.0 if k == 3 else 1.5
+        pieces += [audio, np.zeros(int(gap * 16000), np.float32)]
+        cursor += len(audio) / 16000 + gap
+    result = transcriber.transcribe(np.concatenate(pieces), DecodeOptions(word_timestamps=True))
+    numbers = TextNormalizer(numbers="arabic")
+    assert raw_cer("".join(r["text"] for r in rows), result.text, normalizer=numbers).rate < 0.2
+    assert len(result.segments) >= 3
+    # Each segment starts just after some clip starts and ends just before some clip ends (AISHELL clips
+    # carry up to ~0.8 s of silence at each end, so speech sits inside the clip's span).
+    for segment in result.segments:
+        assert any(-0.5 < segment.start - begin < 1.0 for begin, _ in spans), segment
+        assert any(-1.0 < segment.end - end < 0.5 for _, end in spans), segment
+    silence = (spans[3][1] + 0.5, spans[4][0] - 0.5)
+    words = [w for s in result.segments for w in s.words]
+    assert not [w for w in words if silence[0] < (w.start + w.end) / 2 < silence[1]]
+
+
+def test_noise_only_input_gives_no_text(transcriber):
+    noise = (np.random.default_rng(0).standard_normal(16000 * 40) * 0.003).astype(np.float32)
+    assert transcriber.transcribe(noise).segments == []
+    short = noise[: 16000 * 5]
+    assert transcriber.transcribe(short).text == ""
+
+
+def test_bad_inputs_in_a_batch_do_not_stop_the_others(transcriber, example_clips, tmp_path):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    results = transcriber.transcribe_batch(
+        [str(tmp_path / "missing.flac"), example_clips[0]["path"], str(empty)]
+    )
+    assert isinstance(results[0], AudioError) and "file not found" in str(results[0])
+    assert cer(example_clips[0]["text"], results[1].text).rate < 0.2
+    assert isinstance(results[2], AudioError) and "empty" in str(results[2])
+
+
+def test_repetition_loop_is_cut():
+    looped = "今天我们讨论经济问题" + "谢谢大家。" * 12
+    text, cut = cut_repetition_loop(looped)
+    assert cut and text == "今天我们讨论经济问题谢谢大家。"
+    normal = "哈哈，这个指标很重要"
+    assert cut_repetition_loop(normal) == (normal, False)
