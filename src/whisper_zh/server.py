@@ -69,8 +69,11 @@ class ServerConfig:
     cpu_threads: int = 0
     # Decoding defaults; a request's language/prompt/temperature/granularities override them.
     # Segment timestamps are on for every request, so json and srt requests still share a batch.
+    # No packing: clips of different clients must never share one 30 s decoder window (a word split back
+    # to the wrong clip would leak one client's speech into another's transcript); they share a batch
+    # as separate rows instead.
     decode: DecodeOptions = field(
-        default_factory=lambda: DecodeOptions(initial_prompt=DEFAULT_ZH_PROMPT, timestamps=True)
+        default_factory=lambda: DecodeOptions(initial_prompt=DEFAULT_ZH_PROMPT, timestamps=True, pack=False)
     )
     api_key: str | None = None
     max_upload_bytes: int = 25 * 1024 * 1024  # OpenAI's limit
