@@ -108,7 +108,8 @@ def main() -> int:
         fw_extractor = FeatureExtractor(feature_size=80)
         tokenizer = processor.tokenizer
 
-        same_ids = same_text_pipeline = 0
+        normalizer = TextNormalizer(numbers="arabic")
+        same_ids = same_text_pipeline = same_scored_pipeline = 0
         max_logit_diff = 0.0
         t_hf = t_ct2 = 0.0
         refs, hyps_b, hyps_c = [], [], []
@@ -141,6 +142,7 @@ def main() -> int:
             same_ids += same_tokens(a_ids, b_ids)
             text_a, text_b, text_c = (tokenizer.decode(i, skip_special_tokens=True) for i in (a_ids, b_ids, c_ids))
             same_text_pipeline += text_b == text_c
+            same_scored_pipeline += normalizer(text_b) == normalizer(text_c)
             refs.append(row["text"])
             hyps_b.append(text_b)
             hyps_c.append(text_c)
@@ -148,14 +150,14 @@ def main() -> int:
             print(f"{row['id']} logit diff {diff:.2e} | HF: {text_a} | CT2: {text_b} | CT2+fw features: {text_c}{flag}")
 
     n = len(rows)
-    normalizer = TextNormalizer(numbers="arabic")
     cer_b, cer_c = cer(refs, hyps_b, normalizer=normalizer), cer(refs, hyps_c, normalizer=normalizer)
     print()
     print(f"clips: {n}, greedy, max {MAX_NEW_TOKENS} new tokens, {args.threads} threads")
     print(f"conversion (A: HF float32 vs B: CT2 float32, same features): identical token ids {same_ids}/{n}, "
           f"max |logit diff| {max_logit_diff:.2e}")
     print(f"feature pipeline (B: HF features vs C: faster-whisper features, both CT2 float32): identical transcripts "
-          f"{same_text_pipeline}/{n}, differing {n - same_text_pipeline}; "
+          f"{same_text_pipeline}/{n}, differing {n - same_text_pipeline} "
+          f"({n - same_scored_pipeline} still differ after the scoring normaliser); "
           f"CER {cer_b.rate * 100:.2f}% vs {cer_c.rate * 100:.2f}% (TextNormalizer(numbers='arabic'))")
     print(f"decode time HF/CT2 (greedy, same features): {t_hf:.1f} s / {t_ct2:.1f} s = {t_hf / max(t_ct2, 1e-9):.2f}x")
     return 0
