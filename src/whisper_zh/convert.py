@@ -242,6 +242,9 @@ def _staging_dir(target: Path) -> Path:
 
 def _publish(staging: Path, target: Path) -> None:
     """Move a finished staging directory into place (os.replace; an old target is removed first)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it 0700; give it a normal directory's mode
     if target.exists():
         shutil.rmtree(target) if target.is_dir() else target.unlink()
     os.replace(staging, target)

@@ -59,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
     except WhisperZhError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    quant = f" ({args.quantization or 'float16'})" if args.to == "ctranslate2" else ""
+    quant = f", {args.quantization or 'float16'}" if args.to == "ctranslate2" else ""
     print(f"{args.src} ({resolved.layout}) -> {args.out} ({args.to}{quant}) in {time.perf_counter() - start:.1f} s")
     return 0
