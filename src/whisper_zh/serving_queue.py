@@ -122,7 +122,7 @@ class BatchingQueue:
         self._admitted = 0
         self._closed = False
         self._busy = 0  # jobs inside the current batch call
-        self._seconds_per_job = 1.0  # running estimate, for Retry-After
+        self._seconds_per_batch = 1.0  # running estimate of one batch call, for Retry-After
         self._worker: threading.Thread | None = None
 
     # -- state -------------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ class BatchingQueue:
 
     def _retry_after(self) -> int:
         waves = math.ceil(max(self._admitted, 1) / self.max_batch)
-        return max(1, math.ceil(waves * self._seconds_per_job))
+        return max(1, math.ceil(waves * self._seconds_per_batch))
 
     def _release_slot(self) -> None:
         with self._lock:
@@ -232,7 +232,7 @@ class BatchingQueue:
             results = [exc] * len(group)
         elapsed = time.perf_counter() - started
         self._busy = 0
-        self._seconds_per_job = 0.7 * self._seconds_per_job + 0.3 * elapsed
+        self._seconds_per_batch = 0.7 * self._seconds_per_batch + 0.3 * elapsed
         for job, result in zip(group, results, strict=True):
             job.audio = None  # free the samples now, not when the client reads its answer
             if isinstance(result, BaseException):
