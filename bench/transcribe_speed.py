@@ -1,0 +1,186 @@
+"""Transcription speed and accuracy of whisper-zh against its peers, measured in one run.
+
+Systems (each in its own subprocess, so each reports its own peak RSS):
+  whisper-zh     Transcriber("base").transcribe_batch: int8, beam 5, packing, batch 8, the CLI's default prompt
+                 (以下是普通话的句子。, for punctuation); whisper-zh-noprompt: the same without a prompt
+  fw-sequential  plain faster-whisper: WhisperModel(base, int8).transcribe(file, language="zh", beam_size=5), file by file
+  hf-pipeline    the Transformers ASR pipeline on the same weights converted to Transformers (float32, beam 5),
+                 on the first --hf-clips clips only (it is slow on a CPU)
+All are scored with the same normaliser (whisper_zh.normalize.TextNormalizer(): width, Traditional->Simplified,
+lower-case, punctuation and whitespace removed). Then the long-form check: a ~10-minute file made by joining
+news clips with 0.4-1.6 s pauses, transcribed by whisper-zh (VAD) and by plain faster-whisper; CER, real-time
+factor, and how far whisper-zh's segment boundaries land from the clip boundaries.
+
+Run: .venv/bin/python bench/transcribe_speed.py [--clips 500] [--hf-clips 40] [--long-minutes 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "aishell1-sample-S0150"
+
+
+def rows(limit: int) -> list[dict]:
+    manifest = DATA / "manifest.jsonl"
+    if not manifest.is_file():
+        sys.exit(f"shared data not found at {DATA}")
+    out = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return out[:limit]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_system(system: str, paths: list[str]) -> dict:
+    """Transcribe ``paths`` with one system (called inside the subprocess); returns texts, seconds, RSS."""
+    if system.startswith("whisper-zh"):
+        from whisper_zh import DecodeOptions, Transcriber
+        from whisper_zh.decoding import DEFAULT_ZH_PROMPT
+
+        prompts = {"whisper-zh": DEFAULT_ZH_PROMPT, "whisper-zh-noprompt": None}
+        options = DecodeOptions(initial_prompt=prompts[system], pack=True)
+        transcriber = Transcriber("base")
+        started = time.perf_counter()
+        results = transcriber.transcribe_batch(paths, options)
+        texts = [r.text for r in results]
+    elif system == "fw-sequential":
+        from faster_whisper import WhisperModel
+
+        from whisper_zh.models import embedded_model_dir
+
+        model = WhisperModel(str(embedded_model_dir()), device="cpu", compute_type="int8")
+        started = time.perf_counter()
+        texts = ["".join(s.text for s in model.transcribe(p, language="zh", beam_size=5)[0]) for p in paths]
+    elif system == "hf-pipeline":
+        import torch
+        from transformers import pipeline
+
+        from whisper_zh.audio import load_audio
+        from whisper_zh.hf import load_transformers_whisper
+
+        model, processor = load_transformers_whisper("base")
+        asr = pipeline(
+            "automatic-speech-recognition", model=model, tokenizer=processor.tokenizer,
+            feature_extractor=processor.feature_extractor, device="cpu", dtype=torch.float32,
+        )
+        started = time.perf_counter()
+        texts = [
+            asr(load_audio(p), generate_kwargs={"language": "zh", "task": "transcribe", "num_beams": 5})["text"]
+            for p in paths
+        ]
+    else:
+        raise SystemExit(f"unknown system {system}")
+    return {"texts": texts, "seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}
+
+
+def in_subprocess(system: str, paths: list[str]) -> dict:
+    command = [sys.executable, __file__, "--worker", system]
+    done = subprocess.run(command, input=json.dumps(paths), capture_output=True, text=True, check=False)
+    if done.returncode:
+        sys.exit(f"{system} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def score(refs: list[str], hyps: list[str]):
+    from whisper_zh.metrics import cer
+    from whisper_zh.normalize import TextNormalizer
+
+    return cer(refs, hyps, normalizer=TextNormalizer(), n_resamples=1000)
+
+
+def long_form(minutes: float) -> None:
+    import soundfile as sf
+    from faster_whisper import WhisperModel
+
+    from whisper_zh import Transcriber
+    from whisper_zh.models import embedded_model_dir
+
+    news = [r for r in rows(500) if r["domain"] == "news"]
+    rng = np.random.default_rng(0)
+    pieces, spans, refs, cursor = [], [], [], 0.0
+    for row in news:
+        audio, _ = sf.read(DATA / row["audio"], dtype="float32")
+        gap = float(rng.uniform(0.4, 1.6))
+        spans.append((cursor, cursor + len(audio) / 16000))
+        refs.append(row["text"])
+        pieces += [audio, np.zeros(int(gap * 16000), np.float32)]
+        cursor += len(audio) / 16000 + gap
+        if cursor >= minutes * 60:
+            break
+    audio = np.concatenate(pieces)
+    seconds = len(audio) / 16000
+    reference = "".join(refs)
+    started = time.perf_counter()
+    result = Transcriber("base").transcribe(audio)
+    ours = time.perf_counter() - started
+    model = WhisperModel(str(embedded_model_dir()), device="cpu", compute_type="int8")
+    started = time.perf_counter()
+    fw_text = "".join(s.text for s in model.transcribe(audio, language="zh", beam_size=5)[0])
+    theirs = time.perf_counter() - started
+    # Boundary error: each segment edge against the nearest clip edge of the same kind.
+    starts = np.array([s for s, _ in spans])
+    ends = np.array([e for _, e in spans])
+    start_err = [float(np.min(np.abs(starts - s.start))) for s in result.segments]
+    end_err = [float(np.min(np.abs(ends - s.end))) for s in result.segments]
+    edges = np.array(start_err + end_err)
+    print(f"\n## Long-form: {seconds / 60:.1f} min, {len(spans)} clips joined with 0.4-1.6 s pauses")
+    print("| system | CER | real-time factor |\n|---|---|---|")
+    print(f"| whisper-zh (VAD, batched) | {score([reference], [result.text]).rate:.2%} | {ours / seconds:.4f} |")
+    print(f"| faster-whisper sequential | {score([reference], [fw_text]).rate:.2%} | {theirs / seconds:.4f} |")
+    print(
+        f"whisper-zh segments: {len(result.segments)}; segment edges within 0.5 s of a clip edge: "
+        f"{np.mean(edges < 0.5):.1%} (within 1.0 s: {np.mean(edges < 1.0):.1%}; median {np.median(edges):.2f} s, "
+        f"max {edges.max():.2f} s). Clip edges include the clips' own leading/trailing silence (0.2-0.8 s)."
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=500)
+    parser.add_argument("--hf-clips", type=int, default=40)
+    parser.add_argument("--long-minutes", type=float, default=10.0)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(run_system(args.worker, json.loads(sys.stdin.read()))))
+        return 0
+    data = rows(args.clips)
+    paths = [str(DATA / r["audio"]) for r in data]
+    refs = [r["text"] for r in data]
+    audio_seconds = sum(r["duration"] for r in data)
+    print(f"# {len(data)} AISHELL-1 S0150 clips, {audio_seconds / 60:.1f} min; base, int8, beam 5, CPU\n")
+    results = {name: in_subprocess(name, paths) for name in ("fw-sequential", "whisper-zh", "whisper-zh-noprompt")}
+    hf_n = min(args.hf_clips, len(paths))
+    if hf_n:
+        results["hf-pipeline"] = in_subprocess("hf-pipeline", paths[:hf_n])
+    base = results["fw-sequential"]["seconds"]
+    print("| system | clips | CER [95% CI] | S/D/I | wall s | real-time factor | speed vs fw-sequential | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, result in results.items():
+        n = len(result["texts"])
+        audio = sum(r["duration"] for r in data[:n])
+        s = score(refs[:n], result["texts"])
+        rtf = result["seconds"] / audio
+        speed = (base / audio_seconds) / rtf
+        print(
+            f"| {name} | {n} | {s.rate:.2%} [{s.ci_low:.2%}, {s.ci_high:.2%}] | {s.substitutions}/{s.deletions}/"
+            f"{s.insertions} | {result['seconds']:.1f} | {rtf:.4f} | {speed:.2f}x | {result['peak_rss_mb']:.0f} |"
+        )
+    if args.long_minutes > 0:
+        long_form(args.long_minutes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
