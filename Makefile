@@ -18,14 +18,15 @@ $(STAMP): requirements/lock.txt pyproject.toml
 	$(PY) -c "from whisper_zh.models import embedded_model_dir; embedded_model_dir()"
 	touch $@
 
-# Debian packages: ffmpeg (compressed formats from the command line) and chromium (the web page's browser test).
+# Debian packages: ffmpeg (compressed formats from the command line), chromium (the web page's browser test) and a
+# CJK font (so the browser test's screenshots show characters, not boxes).
 # Best effort: without root or apt the Python stack still works and the browser test skips with its reason.
 $(SYSTEM_STAMP):
 	@mkdir -p $(VENV)
-	@if ! command -v ffmpeg >/dev/null || ! command -v chromium >/dev/null; then \
+	@if ! command -v ffmpeg >/dev/null || ! command -v chromium >/dev/null || [ ! -d /usr/share/fonts/truetype/wqy ]; then \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg chromium >/dev/null) \
-	      || echo "warning: apt-get could not install ffmpeg/chromium"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg chromium fonts-wqy-microhei >/dev/null) \
+	      || echo "warning: apt-get could not install ffmpeg/chromium/fonts-wqy-microhei"; \
 	  else echo "warning: ffmpeg/chromium missing and apt-get unavailable"; fi; \
 	fi
 	touch $@

@@ -118,3 +118,10 @@ def test_repetition_loop_is_cut():
     assert cut and text == "今天我们讨论经济问题谢谢大家。"
     normal = "哈哈，这个指标很重要"
     assert cut_repetition_loop(normal) == (normal, False)
+
+
+def test_hotwords_and_initial_prompt_steer_domain_terms(transcriber, example_clips):
+    path = example_clips[0]["path"]  # base hears 内因 ("internal cause") as 内音 without help
+    assert "内因" not in transcriber.transcribe(path).text
+    assert "内因" in transcriber.transcribe(path, DecodeOptions(hotwords="内因")).text
+    assert "内因" in transcriber.transcribe(path, DecodeOptions(initial_prompt="内因和外因的指标。")).text
