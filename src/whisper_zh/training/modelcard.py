@@ -116,6 +116,9 @@ def write_model_card(config: Any, result: Any, out_dir: Path, *, exported_step: 
         f"Exported checkpoint: step {exported_step} (the best eval CER).",
         "",
     ]
+    if exported_step == 0:
+        lines += ["**No evaluation improved on the starting model, so the exported weights are the starting "
+                  "model's.** Check `train_log.jsonl` for diagnostics (learning rate, data).", ""]
     if final:
         ci = final.get("cer_ci") or [None, None]
         lines += [

@@ -190,12 +190,17 @@ class JsonlLog:
 def evaluate_model(model: Any, tokenizer: Any, builder: ExampleBuilder, items: list[Item], *, batch_size: int,
                    max_new_tokens: int, num_beams: int, script: str, autocast: Any) -> dict[str, Any]:
     """Teacher-forced loss and greedy/beam ``generate`` transcripts -> CER, segmented WER, unsegmented WER."""
+    from transformers.utils import logging as hf_logging
+
     from whisper_zh.metrics import cer, wer
     from whisper_zh.normalize import TextNormalizer, convert_script
 
     collate = Collator(tokenizer.pad_token_id)
     was_training = model.training
     model.eval()
+    # generate() warns on every call about Whisper's own generation config and the (unused) attention mask
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     device = next(model.parameters()).device
     hyps: list[str] = []
     losses: list[float] = []
@@ -213,6 +218,7 @@ def evaluate_model(model: Any, tokenizer: Any, builder: ExampleBuilder, items: l
                          for t in tokenizer.batch_decode(generated, skip_special_tokens=True)]
     finally:
         model.train(was_training)
+        hf_logging.set_verbosity(verbosity)
     refs = [clean_target(it.text, script) for it in items]
     normalizer = TextNormalizer()
     char = cer(refs, hyps, normalizer=normalizer, n_resamples=200)
