@@ -49,7 +49,11 @@ def speed_peer(transcriber: Transcriber, paths: list[str]) -> tuple[float, float
     started = time.perf_counter()
     for path in paths:
         segments, _ = model.transcribe(
-            path, language="zh", beam_size=5, initial_prompt=DEFAULT_ZH_PROMPT, condition_on_previous_text=False
+            path,
+            language="zh",
+            beam_size=5,
+            initial_prompt=DEFAULT_ZH_PROMPT,
+            condition_on_previous_text=False,
         )
         list(segments)
     theirs = time.perf_counter() - started
@@ -84,7 +88,9 @@ def main() -> int:
     print()
     print(summary_line(report))
     timing = report["timing"]
-    print(f"audio {timing['audio_seconds']:.1f} s, wall {timing['wall_seconds']:.1f} s, RTF {timing['real_time_factor']}")
+    print(
+        f"audio {timing['audio_seconds']:.1f} s, wall {timing['wall_seconds']:.1f} s, RTF {timing['real_time_factor']}"
+    )
     peer = naive_peer(rows)
     cer = report["metrics"]["plain"]["cer"]["rate"]
     print(

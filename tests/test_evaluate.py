@@ -81,6 +81,7 @@ def test_report_files(tmp_path):
         "numbers:arabic",
         "punctuation",
         "whitespace",
+        "letters",
     ]
     assert report["metrics"]["plain"]["cer"]["rate"] == pytest.approx(6 / 17)
     assert {"python", "jiwer", "opencc", "cn2an"} <= set(report["versions"])
@@ -200,3 +201,44 @@ def test_evaluate_end_to_end_on_shared_clips(tmp_path, capsys):
     # The clips are AISHELL "设定二十九度"-style commands: base must get most characters right once numbers match.
     assert report["metrics"]["numbers"]["cer"]["rate"] < 0.5
     assert "## Skipped rows (2)" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_rescore_without_transcribing(tmp_path, capsys):
+    from whisper_zh.evaluation import rescore
+    from whisper_zh.normalize import TextNormalizer
+
+    predictions = _predictions()
+    first = build_evaluation(
+        score_predictions(predictions, n_resamples=100),
+        None,
+        all_predictions=predictions,
+        model={"name": "m"},
+    )
+    paths = first.write(tmp_path / "run")
+    again = rescore(paths["report"], n_resamples=100)
+    assert again.report["metrics"] == first.report["metrics"]
+    assert again.report["model"] == {"name": "m"} and again.report["rescored"]
+    assert [r["id"] for r in again.predictions] == ["u1", "u2", "u3", "u4", "u5"]
+    # Punctuation kept: u1's 。 becomes an insertion, and u4's "。" reference is now scorable.
+    strict = rescore(tmp_path / "run", {"plain": TextNormalizer(punctuation=False)}, n_resamples=100)
+    assert strict.report["data"]["scored"] == 4
+    cer = strict.report["metrics"]["plain"]["cer"]
+    # u1 4 edits (设定二十九度 -> 设定29度。), u2 3, u3 0, u4 2 (。 -> 你好); 6 + 7 + 4 + 1 reference characters.
+    assert (cer["substitutions"] + cer["deletions"] + cer["insertions"], cer["ref_len"]) == (9, 18)
+    assert (
+        main(
+            [
+                "evaluate",
+                "--rescore",
+                str(tmp_path / "run"),
+                "--output-dir",
+                str(tmp_path / "re"),
+                "--keep-punctuation",
+                "--resamples",
+                "100",
+            ]
+        )
+        == 0
+    )
+    assert "| CER | plain |" in capsys.readouterr().out
+    assert (tmp_path / "re" / "report.md").is_file()

@@ -85,7 +85,9 @@ def test_mer_treats_latin_words_as_tokens():
 
 
 def test_sentence_error_rate():
-    assert sentence_error_rate(["设定二十九度", "你好", "再见"], ["设定二十八度", "你好", "再 见"]) == pytest.approx(1 / 3)
+    assert sentence_error_rate(
+        ["设定二十九度", "你好", "再见"], ["设定二十八度", "你好", "再 见"]
+    ) == pytest.approx(1 / 3)
 
 
 def test_empty_sides():
@@ -105,7 +107,11 @@ def test_mismatched_lengths_are_refused():
 
 
 def test_confusion_pairs():
-    alignments = [align_texts("设定二十九度", "设定二十八度"), align_texts("九点", "八"), align_texts("好", "好啊")]
+    alignments = [
+        align_texts("设定二十九度", "设定二十八度"),
+        align_texts("九点", "八"),
+        align_texts("好", "好啊"),
+    ]
     counts = confusion_pairs(alignments)
     assert counts == {("九", "八"): 2, ("点", ""): 1, ("", "啊"): 1}
 

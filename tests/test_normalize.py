@@ -15,7 +15,13 @@ from whisper_zh.normalize import (
 )
 
 ALL_OFF = TextNormalizer(
-    width=False, script="as-is", lowercase=False, numbers="off", punctuation=False, whitespace=False
+    width=False,
+    script="as-is",
+    lowercase=False,
+    numbers="off",
+    punctuation=False,
+    whitespace=False,
+    letters=False,
 )
 
 
@@ -56,6 +62,27 @@ def test_whitespace_removed_between_cjk_but_latin_words_kept():
     assert TextNormalizer(whitespace=False)("我 爱") == "我 爱"
 
 
+def test_whitespace_step_drops_invisible_format_characters():
+    # AISHELL transcripts carry a stray byte-order mark at the start of some lines.
+    assert TextNormalizer()("\ufeff一三一零") == "一三一零"
+    assert TextNormalizer()("零\u200b宽") == "零宽"
+    assert TextNormalizer(whitespace=False)("\ufeff一") == "\ufeff一"
+
+
+def test_letters_step_joins_spelled_out_acronyms():
+    # AISHELL spells acronyms letter by letter; Whisper writes them as one word.
+    assert TextNormalizer()("O P A（淮海店）") == TextNormalizer()("OPA淮海店") == "opa淮海店"
+    assert TextNormalizer()("标配S A M S U N G P A Y") == "标配samsungpay"
+    assert TextNormalizer()("I am a boy") == "i am a boy"  # real one-letter words stay words
+    assert TextNormalizer(letters=False)("O P A") == "o p a"
+
+
+def test_yao_is_one_inside_digit_strings():
+    assert convert_numbers("一三幺四", "arabic") == "1314"
+    assert convert_numbers("一三幺四", "chinese") == "一三一四"
+    assert TextNormalizer(numbers="arabic")("一三一零八三七三幺四八") == "13108373148"
+
+
 def test_lowercase_step():
     assert TextNormalizer()("用iPhone拍照") == "用iphone拍照"
     assert TextNormalizer(lowercase=False)("用iPhone拍照") == "用iPhone拍照"
@@ -76,9 +103,21 @@ def test_number_normalisation_both_directions():
 
 
 def test_steps_are_recorded_in_order():
-    assert TextNormalizer().steps == ["width", "script:simplified", "lowercase", "punctuation", "whitespace"]
-    assert TextNormalizer(numbers="arabic").steps == [
-        "width", "script:simplified", "lowercase", "numbers:arabic", "punctuation", "whitespace",
+    assert TextNormalizer().steps == [
+        "width",
+        "script:simplified",
+        "lowercase",
+        "punctuation",
+        "whitespace",
+        "letters",
+    ]
+    assert TextNormalizer(numbers="arabic", letters=False).steps == [
+        "width",
+        "script:simplified",
+        "lowercase",
+        "numbers:arabic",
+        "punctuation",
+        "whitespace",
     ]
     assert ALL_OFF.steps == []
     assert ALL_OFF("國，ＡＢ 二十九") == "國，ＡＢ 二十九"

@@ -44,7 +44,9 @@ from whisper_zh.normalize import normalize_whitespace
 
 Format = Literal["jsonl", "kaldi", "aishell", "commonvoice", "hf-disk", "hub", "folder"]
 FORMATS: tuple[str, ...] = ("jsonl", "kaldi", "aishell", "commonvoice", "hf-disk", "hub", "folder")
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".webm", ".aac", ".wma", ".mp4"})
+AUDIO_EXTENSIONS = frozenset(
+    {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".webm", ".aac", ".wma", ".mp4"}
+)
 
 # Column names tried, in order, when none is given.
 DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -133,7 +135,12 @@ class DataSource:
 
     def describe(self) -> dict[str, Any]:
         """Location, format and counts, for reports."""
-        return {"location": self.location, "format": self.format, "utterances": len(self), "problems": len(self.problems)}
+        return {
+            "location": self.location,
+            "format": self.format,
+            "utterances": len(self),
+            "problems": len(self.problems),
+        }
 
 
 def load_source(
@@ -161,7 +168,10 @@ def load_source(
     if fmt not in FORMATS:
         raise DataError(f"unknown data format '{fmt}': use one of {', '.join(FORMATS)}")
     columns = {
-        "audio": audio_column, "text": text_column, "id": id_column, "speaker": speaker_column,
+        "audio": audio_column,
+        "text": text_column,
+        "id": id_column,
+        "speaker": speaker_column,
         "duration": duration_column,
     }
     if fmt == "hub":
@@ -172,7 +182,10 @@ def load_source(
     if fmt == "hf-disk":
         return _load_hf_disk(path, split, columns, limit)
     loader = {
-        "jsonl": _load_jsonl, "kaldi": _load_kaldi, "aishell": _load_aishell, "commonvoice": _load_commonvoice,
+        "jsonl": _load_jsonl,
+        "kaldi": _load_kaldi,
+        "aishell": _load_aishell,
+        "commonvoice": _load_commonvoice,
         "folder": _load_folder,
     }[fmt]
     utterances, problems = loader(path, split=split, columns=columns, check_audio=check_audio)
@@ -239,13 +252,21 @@ def _pick(row: dict[str, Any], kind: str, columns: dict[str, str | None], requir
         if name in row and row[name] is not None:
             return row[name]
     if required:
-        raise KeyError(f"no '{names[0]}' field" if len(names) == 1 else f"no {kind} field ({', '.join(names)})")
+        raise KeyError(
+            f"no '{names[0]}' field" if len(names) == 1 else f"no {kind} field ({', '.join(names)})"
+        )
     return None
 
 
 def _make(
-    uid: str, audio: str | np.ndarray, text: Any, where: str, check_audio: bool, problems: list[BadRow],
-    duration: Any = None, speaker: Any = None,
+    uid: str,
+    audio: str | np.ndarray,
+    text: Any,
+    where: str,
+    check_audio: bool,
+    problems: list[BadRow],
+    duration: Any = None,
+    speaker: Any = None,
 ) -> Utterance | None:
     """Build an utterance, or record why the row is unusable and return None."""
     text = "" if text is None else str(text).strip()
@@ -283,8 +304,14 @@ def _load_jsonl(path: Path, *, columns: dict[str, str | None], check_audio: bool
             uid = str(_pick(row, "id", columns) or Path(audio).stem)
             resolved = audio if os.path.isabs(audio) else str(path.parent / audio)
             utt = _make(
-                uid, resolved, _pick(row, "text", columns), where, check_audio, problems,
-                _pick(row, "duration", columns), _pick(row, "speaker", columns),
+                uid,
+                resolved,
+                _pick(row, "text", columns),
+                where,
+                check_audio,
+                problems,
+                _pick(row, "duration", columns),
+                _pick(row, "speaker", columns),
             )
             if utt is not None:
                 utterances.append(utt)
@@ -309,7 +336,9 @@ def _unsegment(text: str) -> str:
 
 def _load_kaldi(path: Path, *, check_audio: bool, **_: Any) -> Loaded:
     if (path / "segments").is_file():
-        raise DataError(f"{path}: Kaldi 'segments' files (several utterances per recording) are not supported")
+        raise DataError(
+            f"{path}: Kaldi 'segments' files (several utterances per recording) are not supported"
+        )
     wavs = _read_table(path / "wav.scp")
     texts = _read_table(path / "text")
     speakers = _read_table(path / "utt2spk") if (path / "utt2spk").is_file() else {}
@@ -326,7 +355,14 @@ def _load_kaldi(path: Path, *, check_audio: bool, **_: Any) -> Loaded:
             problems.append(BadRow(uid, "no transcript in 'text'", where))
             continue
         utt = _make(
-            uid, audio, _unsegment(texts[uid]), where, check_audio, problems, durations.get(uid), speakers.get(uid)
+            uid,
+            audio,
+            _unsegment(texts[uid]),
+            where,
+            check_audio,
+            problems,
+            durations.get(uid),
+            speakers.get(uid),
         )
         if utt is not None:
             utterances.append(utt)
@@ -367,8 +403,15 @@ def _load_aishell(path: Path, *, split: str | None, check_audio: bool, **_: Any)
         if uid not in texts:
             problems.append(BadRow(uid, f"no transcript in {transcript.name}", str(wav.relative_to(root))))
             continue
-        utt = _make(uid, str(wav), _unsegment(texts[uid]), transcript.name, check_audio, problems,
-                    speaker=wav.parent.name)
+        utt = _make(
+            uid,
+            str(wav),
+            _unsegment(texts[uid]),
+            transcript.name,
+            check_audio,
+            problems,
+            speaker=wav.parent.name,
+        )
         if utt is not None:
             utterances.append(utt)
     return utterances, problems
@@ -393,7 +436,12 @@ def _load_commonvoice(
                 values = list(row.values())
                 if len(values) >= 2 and values[1]:
                     durations[values[0]] = str(float(values[1]) / 1000)
-    columns = {"audio": "path", "text": "sentence", "speaker": "client_id", **{k: v for k, v in columns.items() if v}}
+    columns = {
+        "audio": "path",
+        "text": "sentence",
+        "speaker": "client_id",
+        **{k: v for k, v in columns.items() if v},
+    }
     utterances: list[Utterance] = []
     problems: list[BadRow] = []
     with open(tsv, encoding="utf-8", newline="") as handle:
@@ -407,8 +455,14 @@ def _load_commonvoice(
                 continue
             uid = str(row.get(columns["id"]) or Path(name).stem) if columns.get("id") else Path(name).stem
             utt = _make(
-                uid, str(clips / name), _pick(row, "text", columns), where, check_audio, problems,
-                durations.get(name), _pick(row, "speaker", columns),
+                uid,
+                str(clips / name),
+                _pick(row, "text", columns),
+                where,
+                check_audio,
+                problems,
+                durations.get(name),
+                _pick(row, "speaker", columns),
             )
             if utt is not None:
                 utterances.append(utt)
@@ -442,7 +496,9 @@ def _load_folder(path: Path, *, check_audio: bool, **_: Any) -> Loaded:
 # Hugging Face datasets (imported lazily: `datasets` is an optional dependency).
 
 
-def _load_hf_disk(path: Path, split: str | None, columns: dict[str, str | None], limit: int | None) -> DataSource:
+def _load_hf_disk(
+    path: Path, split: str | None, columns: dict[str, str | None], limit: int | None
+) -> DataSource:
     datasets = _import_datasets()
     try:
         loaded = datasets.load_from_disk(str(path))
@@ -482,7 +538,9 @@ def _pick_split(loaded: Any, split: str | None, where: str) -> Any:
     return loaded[choice]
 
 
-def _hf_source(dataset: Any, where: str, fmt: str, columns: dict[str, str | None], limit: int | None) -> DataSource:
+def _hf_source(
+    dataset: Any, where: str, fmt: str, columns: dict[str, str | None], limit: int | None
+) -> DataSource:
     datasets = _import_datasets()
     features = dataset.features or {}
     names = list(features) if features else list(getattr(dataset, "column_names", None) or [])
@@ -509,7 +567,12 @@ def _hf_source(dataset: Any, where: str, fmt: str, columns: dict[str, str | None
                 problems.append(BadRow(uid, str(exc), f"row {index}"))
                 continue
             utt = _make(
-                uid, audio, row[text_col], f"row {index}", True, problems,
+                uid,
+                audio,
+                row[text_col],
+                f"row {index}",
+                True,
+                problems,
                 row[wanted["duration"]] if wanted["duration"] else None,
                 row[wanted["speaker"]] if wanted["speaker"] else None,
             )

@@ -217,8 +217,15 @@ def evaluate(
         "real_time_factor": round(wall / audio_seconds, 4) if audio_seconds else None,
     }
     return build_evaluation(
-        scores, source, model=model, decoding=_jsonable(asdict(options)), timing=timing,
-        n_resamples=n_resamples, seed=seed, diagnostics=diagnostics, all_predictions=predictions,
+        scores,
+        source,
+        model=model,
+        decoding=_jsonable(asdict(options)),
+        timing=timing,
+        n_resamples=n_resamples,
+        seed=seed,
+        diagnostics=diagnostics,
+        all_predictions=predictions,
     )
 
 
@@ -240,7 +247,9 @@ def build_evaluation(
     bad = list(source.problems if source is not None else []) + scores.skipped
     total = len(scores.scored) + len(bad)
     char = scores.alignments[diagnostics]["char"]
-    order = sorted(range(len(char)), key=lambda i: (-char[i].errors, -char[i].errors / max(char[i].ref_len, 1)))
+    order = sorted(
+        range(len(char)), key=lambda i: (-char[i].errors, -char[i].errors / max(char[i].ref_len, 1))
+    )
     worst = [
         {
             "id": scores.scored[i].id,
@@ -269,7 +278,12 @@ def build_evaluation(
         "normalisation": {name: norm.to_dict() for name, norm in scores.scorings.items()},
         "primary": {"metric": "cer", "scoring": "plain" if "plain" in scores.scorings else diagnostics},
         "metrics": scores.metrics,
-        "bootstrap": {"n_resamples": n_resamples, "seed": seed, "confidence": 0.95, "resampled": "utterances"},
+        "bootstrap": {
+            "n_resamples": n_resamples,
+            "seed": seed,
+            "confidence": 0.95,
+            "resampled": "utterances",
+        },
         "timing": timing or {},
         "versions": versions(),
         "diagnostics_scoring": diagnostics,
@@ -289,15 +303,25 @@ def _prediction_rows(
     scored_rows: list[dict[str, Any]] = []
     for i, p in enumerate(scores.scored):
         row = {
-            "id": p.id, "audio": p.audio, "speaker": p.speaker, "duration": p.duration,
-            "reference": p.reference, "hypothesis": p.hypothesis, "scores": {},
+            "id": p.id,
+            "audio": p.audio,
+            "speaker": p.speaker,
+            "duration": p.duration,
+            "reference": p.reference,
+            "hypothesis": p.hypothesis,
+            "scores": {},
         }
         for name in scores.scorings:
             a = scores.alignments[name]["char"][i]
             ref, hyp = scores.normalized[name][i]
             row["scores"][name] = {
-                "ref": ref, "hyp": hyp, "substitutions": a.substitutions, "deletions": a.deletions,
-                "insertions": a.insertions, "ref_len": a.ref_len, "errors": a.errors,
+                "ref": ref,
+                "hyp": hyp,
+                "substitutions": a.substitutions,
+                "deletions": a.deletions,
+                "insertions": a.insertions,
+                "ref_len": a.ref_len,
+                "errors": a.errors,
             }
         scored_rows.append(row)
     if all_predictions is None:
@@ -313,8 +337,15 @@ def _prediction_rows(
             position += 1
         else:
             reason = next(skipped).reason
-            rows.append({"id": p.id, "audio": p.audio, "reference": p.reference, "hypothesis": p.hypothesis,
-                         "skipped": reason})
+            rows.append(
+                {
+                    "id": p.id,
+                    "audio": p.audio,
+                    "reference": p.reference,
+                    "hypothesis": p.hypothesis,
+                    "skipped": reason,
+                }
+            )
     loader_problems = bad[: len(bad) - len(scores.skipped)]
     rows.extend({"id": b.id, "audio": b.where, "skipped": b.reason} for b in loader_problems)
     return rows
@@ -327,8 +358,14 @@ def _progress_bar(utterances: list[Utterance], enabled: bool) -> Any:
 
     known = [u.duration for u in utterances if u.duration is not None]
     total = round(sum(known), 1) if len(known) == len(utterances) else None
-    return tqdm(total=total, unit="s", unit_scale=True, desc=f"transcribing {len(utterances)} utterances",
-                file=sys.stderr, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        unit="s",
+        unit_scale=True,
+        desc=f"transcribing {len(utterances)} utterances",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
 
 
 def _advance(bar: Any, seconds: float) -> None:
@@ -349,12 +386,77 @@ def _jsonable(value: Any) -> Any:
 def versions() -> dict[str, str]:
     """Versions of Python, whisper-zh and the libraries that shape the numbers."""
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for package in ("whisper-zh", "faster-whisper", "ctranslate2", "jiwer", "opencc", "cn2an", "jieba", "numpy"):
+    for package in (
+        "whisper-zh",
+        "faster-whisper",
+        "ctranslate2",
+        "jiwer",
+        "opencc",
+        "cn2an",
+        "jieba",
+        "numpy",
+    ):
         try:
             out[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def rescore(
+    report_path: str | Path,
+    scorings: dict[str, TextNormalizer] | None = None,
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    diagnostics: str = "plain",
+) -> Evaluation:
+    """Score an earlier run's predictions again (new normalisation, seed or diagnostics) without transcribing.
+
+    Model, decoding options and timing are carried over from the old report; ``rescored`` records when.
+    """
+    path = Path(report_path)
+    path = path / "report.json" if path.is_dir() else path
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        lines = (path.parent / old.get("predictions_file", "predictions.jsonl")).read_text(encoding="utf-8")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the report or its predictions ({exc})") from exc
+    predictions: list[Prediction] = []
+    problems: list[BadRow] = []
+    for row in (json.loads(line) for line in lines.splitlines() if line.strip()):
+        if "reference" not in row:  # a row the loader could not use: no reference, nothing to score
+            problems.append(BadRow(row["id"], row.get("skipped", "skipped"), row.get("audio", "")))
+            continue
+        error = row.get("skipped") if row.get("hypothesis") is None else None
+        predictions.append(
+            Prediction(
+                row["id"],
+                row["reference"],
+                row.get("hypothesis"),
+                row.get("audio", ""),
+                row.get("duration"),
+                row.get("speaker"),
+                error,
+            )
+        )
+    data = old.get("data", {})
+    source = DataSource(data.get("location", "?"), data.get("format", "?"), [], problems)
+    scores = score_predictions(predictions, scorings, n_resamples=n_resamples, seed=seed)
+    evaluation = build_evaluation(
+        scores,
+        source,
+        model=old.get("model"),
+        decoding=old.get("decoding"),
+        timing=old.get("timing"),
+        n_resamples=n_resamples,
+        seed=seed,
+        diagnostics=diagnostics,
+        all_predictions=predictions,
+    )
+    evaluation.report["created"] = old.get("created")
+    evaluation.report["rescored"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return evaluation
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -381,7 +483,9 @@ def metrics_table(report: dict[str, Any]) -> str:
             numbers = [s for s in report["normalisation"][name]["steps"] if s.startswith("numbers")]
             label = f"{name} ({numbers[0]})" if numbers else name
             if metric == "ser":
-                lines.append(f"| {METRIC_TITLES[metric]} | {label} | {_pct(m['rate'])} | | | | | {m['utterances']} utts |")
+                lines.append(
+                    f"| {METRIC_TITLES[metric]} | {label} | {_pct(m['rate'])} | | | | | {m['utterances']} utts |"
+                )
                 continue
             ci = f"{_pct(m['ci_low'])} – {_pct(m['ci_high'])}" if m.get("ci_low") is not None else ""
             lines.append(
@@ -431,15 +535,23 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| {_cell(w['id'])} | {w['errors']} / {w['ref_len']} | {100 * w['cer']:.1f} | {_cell(w['diff'])} |"
         for w in report["worst"]
     ]
-    out += ["", f"## Most frequent confusions (scoring `{diag}`)", "", "| reference | hypothesis | count |",
-            "|---|---|---:|"]
     out += [
-        f"| {_cell(c['ref']) or '∅'} | {_cell(c['hyp']) or '∅'} | {c['count']} |" for c in report["confusions"]
+        "",
+        f"## Most frequent confusions (scoring `{diag}`)",
+        "",
+        "| reference | hypothesis | count |",
+        "|---|---|---:|",
+    ]
+    out += [
+        f"| {_cell(c['ref']) or '∅'} | {_cell(c['hyp']) or '∅'} | {c['count']} |"
+        for c in report["confusions"]
     ]
     out += ["", f"## Skipped rows ({len(report['bad_rows'])})", ""]
     if report["bad_rows"]:
         out += ["| id | reason | where |", "|---|---|---|"]
-        out += [f"| {_cell(b['id'])} | {_cell(b['reason'])} | {_cell(b['where'])} |" for b in report["bad_rows"]]
+        out += [
+            f"| {_cell(b['id'])} | {_cell(b['reason'])} | {_cell(b['where'])} |" for b in report["bad_rows"]
+        ]
     else:
         out.append("None.")
     return "\n".join(out) + "\n"
@@ -478,7 +590,9 @@ def compare_reports(
         warnings.append("the reports used different normalisation settings")
     for label, count in (("A", duplicates_a), ("B", duplicates_b)):
         if count:
-            warnings.append(f"report {label} has {count} duplicate utterance ids; the last row of each is used")
+            warnings.append(
+                f"report {label} has {count} duplicate utterance ids; the last row of each is used"
+            )
     shared = [uid for uid in rows_a if uid in rows_b]
     mismatched = [uid for uid in shared if rows_a[uid]["reference"] != rows_b[uid]["reference"]]
     if mismatched:
@@ -495,8 +609,11 @@ def compare_reports(
         if any(x["ref_len"] != y["ref_len"] for x, y in zip(sa, sb, strict=True)):
             warnings.append(f"scoring '{name}': reference lengths differ between the reports")
         result = paired_bootstrap(
-            [x["errors"] for x in sa], [y["errors"] for y in sb], [x["ref_len"] for x in sa],
-            n_resamples=n_resamples, seed=seed,
+            [x["errors"] for x in sa],
+            [y["errors"] for y in sb],
+            [x["ref_len"] for x in sa],
+            n_resamples=n_resamples,
+            seed=seed,
         )
         cer[name] = result.to_dict()
     deltas = {
@@ -507,7 +624,13 @@ def compare_reports(
         for name in cer
     }
     return Comparison(
-        str(path_a), str(path_b), len(shared), len(rows_a) - len(shared), len(rows_b) - len(shared), cer, deltas,
+        str(path_a),
+        str(path_b),
+        len(shared),
+        len(rows_a) - len(shared),
+        len(rows_b) - len(shared),
+        cer,
+        deltas,
         warnings,
     )
 
@@ -520,7 +643,9 @@ def _load_report(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, 
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
         predictions = path.parent / report.get("predictions_file", "predictions.jsonl")
-        rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [
+            json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: cannot read the report or its predictions ({exc})") from exc
     if "metrics" not in report:
@@ -535,14 +660,16 @@ def format_comparison(c: Comparison) -> str:
     lines = [
         f"A: {c.a}",
         f"B: {c.b}",
-        f"paired on {c.utterances} utterances" + (f" (only in A: {c.only_a}, only in B: {c.only_b})"
-                                                   if c.only_a or c.only_b else ""),
+        f"paired on {c.utterances} utterances"
+        + (f" (only in A: {c.only_a}, only in B: {c.only_b})" if c.only_a or c.only_b else ""),
         "",
         f"{'scoring':<10} {'CER A %':>8} {'CER B %':>8} {'B-A pts':>8} {'95% CI of B-A':>18} {'p':>7}  verdict",
     ]
     for name, r in c.cer.items():
         significant = r["ci_high"] < 0 or r["ci_low"] > 0
-        verdict = ("B better" if r["delta"] < 0 else "B worse") if significant else "no significant difference"
+        verdict = (
+            ("B better" if r["delta"] < 0 else "B worse") if significant else "no significant difference"
+        )
         ci = f"[{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}]"
         lines.append(
             f"{name:<10} {100 * r['rate_a']:>8.2f} {100 * r['rate_b']:>8.2f} {100 * r['delta']:>+8.2f} "
@@ -568,4 +695,3 @@ def summary_line(report: dict[str, Any]) -> str:
         parts.append(f"CER {name} {_pct(cer['rate'])}%{ci}")
     rtf = report.get("timing", {}).get("real_time_factor")
     return "; ".join(parts) + (f"; RTF {rtf:.3f}" if rtf else "")
-

@@ -186,7 +186,11 @@ def align(ref: Sequence[str], hyp: Sequence[str]) -> Alignment:
 
 
 def align_texts(
-    ref: str, hyp: str, unit: Unit = "char", *, normalizer: TextNormalizer | None = None,
+    ref: str,
+    hyp: str,
+    unit: Unit = "char",
+    *,
+    normalizer: TextNormalizer | None = None,
     segmenter: Segmenter = "jieba",
 ) -> Alignment:
     """Normalise (when a normaliser is given), tokenise and align one reference/hypothesis pair."""
@@ -224,8 +228,12 @@ class ErrorRate:
 
 
 def rate_from_alignments(
-    alignments: Sequence[Alignment], unit: str, *, n_resamples: int = DEFAULT_RESAMPLES,
-    confidence: float = 0.95, seed: int = 0,
+    alignments: Sequence[Alignment],
+    unit: str,
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> ErrorRate:
     """Micro-averaged rate over ``alignments`` with a bootstrap CI (``n_resamples=0`` skips the CI)."""
     if not alignments:
@@ -253,14 +261,24 @@ def rate_from_alignments(
 
 
 def error_rate(
-    refs: Sequence[str], hyps: Sequence[str], unit: Unit, *, normalizer: TextNormalizer | None = None,
-    segmenter: Segmenter = "jieba", n_resamples: int = 0, confidence: float = 0.95, seed: int = 0,
+    refs: Sequence[str],
+    hyps: Sequence[str],
+    unit: Unit,
+    *,
+    normalizer: TextNormalizer | None = None,
+    segmenter: Segmenter = "jieba",
+    n_resamples: int = 0,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> ErrorRate:
     """Corpus error rate of ``hyps`` against ``refs`` in ``unit`` tokens (CI only when ``n_resamples > 0``)."""
     refs, hyps = _paired(refs, hyps, normalizer)
     if unit == "word" and segmenter == "whitespace":
         check_segmented(refs)
-    alignments = [align(tokenize(r, unit, segmenter), tokenize(h, unit, segmenter)) for r, h in zip(refs, hyps, strict=True)]
+    alignments = [
+        align(tokenize(r, unit, segmenter), tokenize(h, unit, segmenter))
+        for r, h in zip(refs, hyps, strict=True)
+    ]
     return rate_from_alignments(alignments, unit, n_resamples=n_resamples, confidence=confidence, seed=seed)
 
 
@@ -335,8 +353,12 @@ def _resample_weights(n: int, n_resamples: int, seed: int) -> Iterable[np.ndarra
 
 
 def bootstrap_ci(
-    errors: Sequence[int] | np.ndarray, ref_lens: Sequence[int] | np.ndarray, *,
-    n_resamples: int = DEFAULT_RESAMPLES, confidence: float = 0.95, seed: int = 0,
+    errors: Sequence[int] | np.ndarray,
+    ref_lens: Sequence[int] | np.ndarray,
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of the micro-averaged rate sum(errors)/sum(ref_lens), resampling utterances."""
     errors, lengths = np.asarray(errors, dtype=np.float64), np.asarray(ref_lens, dtype=np.float64)
@@ -369,8 +391,12 @@ class PairedComparison:
 
 
 def paired_bootstrap(
-    errors_a: Sequence[int] | np.ndarray, errors_b: Sequence[int] | np.ndarray,
-    ref_lens: Sequence[int] | np.ndarray, *, n_resamples: int = DEFAULT_RESAMPLES, confidence: float = 0.95,
+    errors_a: Sequence[int] | np.ndarray,
+    errors_b: Sequence[int] | np.ndarray,
+    ref_lens: Sequence[int] | np.ndarray,
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = 0.95,
     seed: int = 0,
 ) -> PairedComparison:
     """Paired bootstrap (Koehn 2004; Bisani and Ney 2004): resample utterances once, score both systems on each

@@ -10,12 +10,16 @@ Two things live here:
   2. ``script``       OpenCC conversion, Traditional -> Simplified by default (``"as-is"`` switches it off).
   3. ``lowercase``    Latin letters lower-cased.
   4. ``numbers``      optional number normalisation with cn2an: ``"arabic"`` (二十九 -> 29, 百分之五 -> 5%) or
-                      ``"chinese"`` (29 -> 二十九); ``"off"`` by default. It runs before punctuation removal
-                      because ``%`` and the decimal point carry meaning for it.
+                      ``"chinese"`` (29 -> 二十九); ``"off"`` by default. 幺 read as a digit (一三幺) counts as 一.
+                      It runs before punctuation removal because ``%`` and the decimal point carry meaning for it.
   5. ``punctuation``  Chinese and ASCII punctuation (every Unicode ``P*`` character, plus ``~ ^ | `````) removed;
                       a decimal point between two digits is kept.
-  6. ``whitespace``   whitespace next to a CJK character removed, other runs collapsed to one space, so Latin words
-                      stay separate words (``"我 爱 Python 3"`` -> ``"我爱python 3"``).
+  6. ``whitespace``   invisible format characters (BOM, zero-width spaces and joiners) dropped; whitespace next to a
+                      CJK character removed, other runs collapsed to one space, so Latin words stay separate words
+                      (``"我 爱 Python 3"`` -> ``"我爱python 3"``).
+  7. ``letters``      spelled-out letters joined into one word, as AISHELL writes acronyms
+                      (``"O P A"`` -> ``"opa"``, ``"S A M S U N G P A Y"`` -> ``"samsungpay"``); single-letter words
+                      such as "I" or "a" next to longer words are left alone.
 
 ``TextNormalizer.steps`` lists the steps that run, in order, for the report. Normalise references and hypotheses
 with the same instance; the normaliser is deterministic and has no state.
@@ -47,6 +51,10 @@ CJK_CHAR = re.compile(f"[{CJK_RANGES}]")
 _SPACE_NEAR_CJK = re.compile(f"(?<=[{CJK_RANGES}])\\s+|\\s+(?=[{CJK_RANGES}])")
 _SPACES = re.compile(r"\s+")
 _EXTRA_PUNCTUATION = frozenset("~^|`")
+# 幺 is how 一 is read inside digit strings (phone and room numbers): 一三幺 is 131.
+_YAO_DIGIT = re.compile("(?<=[零〇一二三四五六七八九幺])幺|幺(?=[零〇一二三四五六七八九幺])")
+# A run of at least two single Latin letters separated by single spaces: "O P A", "t c u b e".
+_SPELLED = re.compile("(?<![A-Za-z0-9])[A-Za-z](?: [A-Za-z](?![A-Za-z0-9]))+")
 
 
 @lru_cache(maxsize=4)
@@ -87,6 +95,7 @@ def convert_numbers(text: str, mode: NumberMode) -> str:
         raise ValueError(f"unknown number mode '{mode}': use off, arabic or chinese")
     import cn2an  # imported lazily: it loads a few regex tables
 
+    text = _YAO_DIGIT.sub("一", text)
     with warnings.catch_warnings():  # cn2an warns on strings like 万一 that look numeric but are not
         warnings.simplefilter("ignore")
         return cn2an.transform(text, "cn2an" if mode == "arabic" else "an2cn")
@@ -117,8 +126,15 @@ def _is_latin(char: str) -> bool:
 
 
 def normalize_whitespace(text: str) -> str:
-    """Remove whitespace next to CJK characters; collapse other whitespace runs to one space; strip."""
+    """Drop format characters (BOM, zero-width space/joiners); remove whitespace next to CJK characters;
+    collapse other whitespace runs to one space; strip."""
+    text = "".join(char for char in text if unicodedata.category(char) != "Cf")
     return _SPACES.sub(" ", _SPACE_NEAR_CJK.sub("", text)).strip()
+
+
+def join_spelled_letters(text: str) -> str:
+    """Join runs of single letters separated by spaces: ``"O P A店"`` -> ``"OPA店"``."""
+    return _SPELLED.sub(lambda m: m.group(0).replace(" ", ""), text)
 
 
 @dataclass(frozen=True)
@@ -135,6 +151,7 @@ class TextNormalizer:
     numbers: NumberMode = "off"
     punctuation: bool = True
     whitespace: bool = True
+    letters: bool = True
 
     def __post_init__(self) -> None:
         if self.script not in ("simplified", "traditional", "as-is"):
@@ -158,6 +175,8 @@ class TextNormalizer:
             steps.append("punctuation")
         if self.whitespace:
             steps.append("whitespace")
+        if self.letters:
+            steps.append("letters")
         return steps
 
     def __call__(self, text: str) -> str:
@@ -172,6 +191,8 @@ class TextNormalizer:
             text = remove_punctuation(text)
         if self.whitespace:
             text = normalize_whitespace(text)
+        if self.letters:
+            text = join_spelled_letters(text)
         return text
 
     def to_dict(self) -> dict[str, Any]:

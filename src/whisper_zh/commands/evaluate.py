@@ -23,10 +23,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "or, with --compare A B, compare two reports with a paired bootstrap."
         ),
     )
-    p.add_argument("--data", help="manifest.jsonl, Kaldi/AISHELL/Common Voice directory, saved HF dataset, "
-                   "audio folder with .txt transcripts, or a hub dataset id")
+    p.add_argument(
+        "--data",
+        help="manifest.jsonl, Kaldi/AISHELL/Common Voice directory, saved HF dataset, "
+        "audio folder with .txt transcripts, or a hub dataset id",
+    )
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two report.json files (B minus A)")
-    p.add_argument("--format", dest="data_format", choices=FORMATS, help="force the data format (default: detect)")
+    p.add_argument(
+        "--rescore",
+        metavar="REPORT",
+        help="score an earlier run's predictions.jsonl again (new normalisation) without transcribing",
+    )
+    p.add_argument(
+        "--format", dest="data_format", choices=FORMATS, help="force the data format (default: detect)"
+    )
     p.add_argument("--split", help="split to read (AISHELL, Common Voice, HF datasets; default: test)")
     p.add_argument("--config", help="hub dataset configuration, e.g. zh-CN")
     p.add_argument("--limit", type=int, help="evaluate only the first N utterances")
@@ -35,16 +45,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", help="where the report goes (default: out/eval/<model>-<data>)")
     add_model_arguments(p)
     norm = p.add_argument_group("scoring normalisation (applied to reference and hypothesis alike)")
-    norm.add_argument("--numbers", choices=("arabic", "chinese"), default="arabic",
-                      help="number form for the 'numbers' scoring (default: arabic, 二十九 -> 29)")
+    norm.add_argument(
+        "--numbers",
+        choices=("arabic", "chinese"),
+        default="arabic",
+        help="number form for the 'numbers' scoring (default: arabic, 二十九 -> 29)",
+    )
     norm.add_argument("--no-width", action="store_true", help="skip NFKC full/half-width folding")
     norm.add_argument("--no-script", action="store_true", help="skip Traditional -> Simplified conversion")
     norm.add_argument("--no-lowercase", action="store_true", help="keep Latin letter case")
     norm.add_argument("--keep-punctuation", action="store_true", help="score punctuation too")
     norm.add_argument("--keep-spaces", action="store_true", help="keep whitespace between CJK characters")
-    p.add_argument("--diagnostics", choices=("plain", "numbers"), default="plain",
-                   help="scoring used for the worst-utterance diffs and confusion pairs (default: plain)")
-    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (default: 1000)")
+    norm.add_argument(
+        "--keep-letters", action="store_true", help="do not join spelled-out letters (O P A -> opa)"
+    )
+    p.add_argument(
+        "--diagnostics",
+        choices=("plain", "numbers"),
+        default="plain",
+        help="scoring used for the worst-utterance diffs and confusion pairs (default: plain)",
+    )
+    p.add_argument(
+        "--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (default: 1000)"
+    )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -53,22 +76,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.compare:
         return _compare(args)
+    if args.rescore:
+        return _rescore(args)
     if not args.data:
         print("error: give --data (a dataset to evaluate) or --compare A B", file=sys.stderr)
         return 2
     from whisper_zh.data import load_source
-    from whisper_zh.evaluation import default_scorings, evaluate, metrics_table, summary_line
+    from whisper_zh.evaluation import evaluate
     from whisper_zh.transcriber import Transcriber
 
     try:
         options = decode_options_from_args(args)
-        scorings = default_scorings(
-            args.numbers, width=not args.no_width, script="as-is" if args.no_script else "simplified",
-            lowercase=not args.no_lowercase, punctuation=not args.keep_punctuation, whitespace=not args.keep_spaces,
-        )
+        scorings = _scorings(args)
         source = load_source(
-            args.data, args.data_format, split=args.split, config=args.config, limit=args.limit,
-            audio_column=args.audio_column, text_column=args.text_column, id_column=args.id_column,
+            args.data,
+            args.data_format,
+            split=args.split,
+            config=args.config,
+            limit=args.limit,
+            audio_column=args.audio_column,
+            text_column=args.text_column,
+            id_column=args.id_column,
             speaker_column=args.speaker_column,
         )
         output_dir = Path(args.output_dir or _default_output_dir(args.model, args.data))
@@ -81,26 +109,73 @@ def run(args: argparse.Namespace) -> int:
         )
         load_seconds = time.perf_counter() - started
         result = evaluate(
-            transcriber, source, options, scorings=scorings, n_resamples=args.resamples, seed=args.seed,
-            progress=not args.quiet, diagnostics=args.diagnostics,
+            transcriber,
+            source,
+            options,
+            scorings=scorings,
+            n_resamples=args.resamples,
+            seed=args.seed,
+            progress=not args.quiet,
+            diagnostics=args.diagnostics,
         )
         result.report["timing"]["model_load_seconds"] = round(load_seconds, 3)
         paths = result.write(output_dir)
     except (WhisperZhError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report = result.report
+    _print_summary(result.report, paths)
+    return 0
+
+
+def _scorings(args: argparse.Namespace) -> dict:
+    from whisper_zh.evaluation import default_scorings
+
+    return default_scorings(
+        args.numbers,
+        width=not args.no_width,
+        script="as-is" if args.no_script else "simplified",
+        lowercase=not args.no_lowercase,
+        punctuation=not args.keep_punctuation,
+        whitespace=not args.keep_spaces,
+        letters=not args.keep_letters,
+    )
+
+
+def _print_summary(report: dict, paths: dict) -> None:
+    from whisper_zh.evaluation import metrics_table, summary_line
+
     print(metrics_table(report))
     print()
     print(summary_line(report))
     data = report["data"]
     if data["skipped"]:
-        print(f"{data['skipped']} of {data['utterances']} rows skipped (listed in report.md):", file=sys.stderr)
+        print(
+            f"{data['skipped']} of {data['utterances']} rows skipped (listed in report.md):", file=sys.stderr
+        )
         for bad in report["bad_rows"][:10]:
             print(f"  {bad['id']}: {bad['reason']}", file=sys.stderr)
         if len(report["bad_rows"]) > 10:
             print(f"  ... and {len(report['bad_rows']) - 10} more", file=sys.stderr)
     print(f"wrote {paths['report']}, {paths['markdown']}, {paths['predictions']}")
+
+
+def _rescore(args: argparse.Namespace) -> int:
+    from whisper_zh.evaluation import rescore
+
+    try:
+        result = rescore(
+            args.rescore,
+            _scorings(args),
+            n_resamples=args.resamples,
+            seed=args.seed,
+            diagnostics=args.diagnostics,
+        )
+        source = Path(args.rescore)
+        paths = result.write(args.output_dir or (source if source.is_dir() else source.parent))
+    except (WhisperZhError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print_summary(result.report, paths)
     return 0
 
 
@@ -119,7 +194,9 @@ def _compare(args: argparse.Namespace) -> int:
 def _default_output_dir(model: str, data: str) -> Path:
     def slug(text: str) -> str:
         path = Path(text)
-        name = path.parent.name if path.name in ("manifest.jsonl", "report.json") else (path.stem or path.name)
+        name = (
+            path.parent.name if path.name in ("manifest.jsonl", "report.json") else (path.stem or path.name)
+        )
         return re.sub(r"[^\w.-]+", "_", name).strip("_") or "data"
 
     return Path("out") / "eval" / f"{slug(model)}-{slug(data)}"
