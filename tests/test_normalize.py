@@ -99,6 +99,10 @@ def test_number_normalisation_both_directions():
     assert on("设定二十九度。") == on("设定29度") == "设定29度"
     assert on("增长百分之五") == on("增长5%") == "增长5"
     assert on("三点五") == "3.5"
+    # Whisper writes large numbers with a unit character; cn2an spells the spoken form out in full.
+    assert on("耗费一百四十四亿美元") == on("耗费144亿美元") == "耗费14400000000美元"
+    assert on("四千万余元") == on("4000万余元") == "40000000余元"
+    assert on("1.2万") == "12000"
     assert TextNormalizer()("设定二十九度") != TextNormalizer()("设定29度")
 
 

@@ -53,6 +53,8 @@ _SPACES = re.compile(r"\s+")
 _EXTRA_PUNCTUATION = frozenset("~^|`")
 # 幺 is how 一 is read inside digit strings (phone and room numbers): 一三幺 is 131.
 _YAO_DIGIT = re.compile("(?<=[零〇一二三四五六七八九幺])幺|幺(?=[零〇一二三四五六七八九幺])")
+# Digits followed by 万/亿 as written by Whisper (144亿, 1.2万), for the 'arabic' number form.
+_DIGITS_WITH_UNIT = re.compile(r"\d+(?:\.\d+)?(?:万亿|亿|万)")
 # A run of at least two single Latin letters separated by single spaces: "O P A", "t c u b e".
 _SPELLED = re.compile("(?<![A-Za-z0-9])[A-Za-z](?: [A-Za-z](?![A-Za-z0-9]))+")
 
@@ -98,7 +100,19 @@ def convert_numbers(text: str, mode: NumberMode) -> str:
     text = _YAO_DIGIT.sub("一", text)
     with warnings.catch_warnings():  # cn2an warns on strings like 万一 that look numeric but are not
         warnings.simplefilter("ignore")
-        return cn2an.transform(text, "cn2an" if mode == "arabic" else "an2cn")
+        text = cn2an.transform(text, "cn2an" if mode == "arabic" else "an2cn")
+        if mode == "arabic":
+            # cn2an turns 一百四十四亿 into 14400000000 but leaves the written form 144亿 alone: expand it too.
+            text = _DIGITS_WITH_UNIT.sub(lambda m: _expand_unit(cn2an, m.group(0)), text)
+        return text
+
+
+def _expand_unit(cn2an: Any, number: str) -> str:
+    try:
+        value = cn2an.cn2an(number, "smart")
+    except (ValueError, KeyError):
+        return number
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def remove_punctuation(text: str) -> str:
