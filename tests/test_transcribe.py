@@ -125,3 +125,16 @@ def test_hotwords_and_initial_prompt_steer_domain_terms(transcriber, example_cli
     assert "内因" not in transcriber.transcribe(path).text
     assert "内因" in transcriber.transcribe(path, DecodeOptions(hotwords="内因")).text
     assert "内因" in transcriber.transcribe(path, DecodeOptions(initial_prompt="内因和外因的指标。")).text
+
+
+def test_transformers_engine_matches_ctranslate2_on_the_same_features(news_rows):
+    """Both engines get faster-whisper's features; in float32 greedy decoding they must agree."""
+    from whisper_zh import Transcriber
+
+    paths = [row["path"] for row in news_rows[60:63]]
+    options = DecodeOptions(beam_size=1, pack=False, initial_prompt=None)
+    ct2 = Transcriber("base", compute_type="float32").transcribe_batch(paths, options)
+    hf = Transcriber("base", engine="transformers").transcribe_batch(paths, options)
+    assert [r.text for r in hf] == [r.text for r in ct2]
+    with pytest.raises(ValueError, match="ctranslate2 engine"):
+        Transcriber("base", engine="transformers").transcribe(paths[0], DecodeOptions(word_timestamps=True))

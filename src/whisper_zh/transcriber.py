@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.audio import pad_or_trim
+from faster_whisper.feature_extractor import FeatureExtractor
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import (
     BatchedInferencePipeline,
@@ -47,6 +48,7 @@ PAUSE_SECONDS = 0.5
 WINDOW_SECONDS = 900.0
 
 ProgressCallback = Callable[[float], None]
+Engine = Literal["ctranslate2", "transformers"]
 
 
 @dataclass(eq=False)  # identity semantics: used as a dict key
@@ -80,12 +82,28 @@ class Transcriber:
         self,
         model: str = "base",
         *,
+        engine: Engine = "ctranslate2",
         device: str = "cpu",
         compute_type: str = "int8",
         cpu_threads: int = 0,
     ) -> None:
+        """``engine``: "ctranslate2" (fast; a Transformers checkpoint is converted once and cached) or
+        "transformers" (runs a Transformers checkpoint as it is; no packing or word timestamps)."""
+        if engine not in ("ctranslate2", "transformers"):
+            raise ValueError(f"unknown engine '{engine}': use ctranslate2 or transformers")
         self.model_name = str(model)
+        self.engine = engine
         self.resolved: ResolvedModel = resolve_model(model)
+        self.compute_type = compute_type
+        self.device = device
+        self._model: WhisperModel | None = None
+        self._hf = None
+        if engine == "transformers":
+            from whisper_zh.hf_engine import TransformersDecoder  # torch is only needed for this engine
+
+            self._hf = TransformersDecoder(self.resolved, device=device)
+            self._features = FeatureExtractor(feature_size=self._hf.n_mels)
+            return
         path = self.resolved.path
         if self.resolved.layout == "transformers":
             from whisper_zh.convert import ensure_ctranslate2  # conversion is only needed for this layout
@@ -93,15 +111,16 @@ class Transcriber:
             path = ensure_ctranslate2(
                 self.resolved, quantization=compute_type if compute_type != "default" else "int8"
             )
-        self.compute_type = compute_type
-        self.device = device
         self._model = WhisperModel(
             str(path), device=device, compute_type=compute_type, cpu_threads=cpu_threads
         )
+        self._features = self._model.feature_extractor
         self._pipeline = BatchedInferencePipeline(self._model)
 
     @property
     def is_multilingual(self) -> bool:
+        if self._hf is not None:
+            return self._hf.is_multilingual
         return bool(self._model.model.is_multilingual)
 
     def transcribe(self, audio: AudioInput, options: DecodeOptions | None = None) -> Transcription:
@@ -135,6 +154,10 @@ class Transcriber:
     ) -> Iterator[tuple[int, Transcription | AudioError]]:
         """Yield (input index, result) as windows of inputs finish; errors are yielded as soon as they are found."""
         options = options or DecodeOptions()
+        if self._hf is not None:
+            if options.word_timestamps:
+                raise ValueError("word timestamps need the ctranslate2 engine")
+            options = replace(options, pack=False)  # packing splits clips apart by word timestamps
         window: list[_File] = []
         held = 0.0
         for index, source in enumerate(inputs):
@@ -200,26 +223,31 @@ class Transcriber:
         for chunk in chunks:
             by_language.setdefault(chunk.file.language or "zh", []).append(chunk)
         for language, group in by_language.items():
-            tokenizer = Tokenizer(
-                self._model.hf_tokenizer, self.is_multilingual, task=options.task, language=language
-            )
-            fw_options = self._fw_options(options, tokenizer, word_timestamps)
+            if self._hf is None:
+                tokenizer = Tokenizer(
+                    self._model.hf_tokenizer, self.is_multilingual, task=options.task, language=language
+                )
+                fw_options = self._fw_options(options, tokenizer, word_timestamps)
             # Similar durations decode to similar lengths: sorting keeps beams in a batch finishing together.
             group.sort(key=lambda c: c.duration, reverse=True)
             for start in range(0, len(group), options.batch_size):
                 batch = group[start : start + options.batch_size]
-                features = np.stack(
-                    [pad_or_trim(self._model.feature_extractor(c.audio)[..., :-1]) for c in batch]
-                )
-                self._pipeline.last_speech_timestamp = 0.0
-                outputs = self._pipeline.forward(
-                    features,
-                    tokenizer,
-                    [{"offset": c.offset, "duration": c.duration} for c in batch],
-                    fw_options,
-                )
+                features = np.stack([pad_or_trim(self._features(c.audio)[..., :-1]) for c in batch])
+                if self._hf is not None:
+                    outputs = [
+                        [{**r, "start": c.offset, "end": c.offset + c.duration, "words": None}]
+                        for c, r in zip(batch, self._hf.decode(features, options, language), strict=True)
+                    ]
+                else:
+                    self._pipeline.last_speech_timestamp = 0.0
+                    outputs = self._pipeline.forward(
+                        features,
+                        tokenizer,
+                        [{"offset": c.offset, "duration": c.duration} for c in batch],
+                        fw_options,
+                    )
                 for chunk, subsegments in zip(batch, outputs, strict=True):
-                    if self._needs_fallback(subsegments, options):
+                    if self._hf is None and self._needs_fallback(subsegments, options):
                         subsegments = self._decode_sequentially(chunk, options, language, word_timestamps)
                     if on_progress:
                         for file, begin, finish in chunk.members or [(chunk.file, 0.0, chunk.duration)]:
@@ -263,8 +291,11 @@ class Transcriber:
                 file.language = options.language or "en"
                 continue
             first_window = file.audio[: int(CHUNK_SECONDS * SAMPLE_RATE)]
-            features = pad_or_trim(self._model.feature_extractor(first_window)[..., :-1])
-            file.language, _, _ = self._model.detect_language(features=features)
+            features = pad_or_trim(self._features(first_window)[..., :-1])
+            if self._hf is not None:
+                file.language = self._hf.detect_language(features)
+            else:
+                file.language, _, _ = self._model.detect_language(features=features)
 
     def _fw_options(
         self, options: DecodeOptions, tokenizer: Tokenizer, word_timestamps: bool
@@ -370,7 +401,18 @@ class Transcriber:
         segments: list[Segment] = []
         duration = len(file.audio) / SAMPLE_RATE
         if file.speech is not None and file.speech_map is not None:
-            raw = _regroup_by_pause(raw, file.speech, file.speech_map, keep_words=options.word_timestamps)
+            if any(item.get("words") for item in raw):
+                raw = _regroup_by_pause(raw, file.speech, file.speech_map, keep_words=options.word_timestamps)
+            else:  # no word times (the Transformers engine): one segment per chunk, mapped back
+                speech_map = file.speech_map
+                raw = [
+                    {
+                        **item,
+                        "start": speech_map.get_original_time(item["start"]),
+                        "end": speech_map.get_original_time(item["end"], is_end=True),
+                    }
+                    for item in raw
+                ]
         for item in sorted(raw, key=lambda s: s["start"]):
             text = item["text"].strip()
             if options.repetition_guard:

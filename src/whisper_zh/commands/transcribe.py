@@ -23,6 +23,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default="base", help="model directory, 'base' (embedded), size name or hub id"
     )
+    parser.add_argument(
+        "--engine", choices=("ctranslate2", "transformers"), default="ctranslate2",
+        help="ctranslate2 (fast, default) or transformers (runs a Transformers checkpoint unconverted)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     parser.add_argument(
         "--compute-type", default="int8", help="int8, float16, float32, int8_float16... (default: int8)"
@@ -92,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         transcriber = Transcriber(
-            args.model, device=args.device, compute_type=args.compute_type, cpu_threads=args.threads
+            args.model, engine=args.engine, device=args.device, compute_type=args.compute_type, cpu_threads=args.threads
         )
     except WhisperZhError as exc:
         print(f"error: {exc}", file=sys.stderr)
