@@ -1,17 +1,18 @@
-"""The transcription pipeline: inputs -> 16 kHz audio -> <=30 s chunks -> batched CTranslate2 decoding -> segments.
+"""The transcription pipeline: inputs -> 16 kHz audio -> <=30 s chunks -> batched decoding -> segments -> text.
 
-Short clips (<= 30 s) are one chunk each; longer audio is split by Silero VAD (as faster-whisper's batched
-pipeline does). Chunks from *different* files are decoded together in batches, which is where the speed over
-file-by-file faster-whisper comes from. A chunk whose output looks broken (a compression ratio or mean
-log-probability beyond the thresholds) is decoded again by faster-whisper's sequential path with temperature
-fallback, and a repetition guard cuts any loop that survives.
+How audio becomes chunks (and packed chunks become per-file text again) lives in :mod:`whisper_zh.chunking`.
+Here: loading inputs a window at a time, decoding the chunks of *all* files of a window in batches (CTranslate2
+through faster-whisper by default, or Transformers), retrying broken output, and assembling segments. A chunk
+whose output looks broken (a compression ratio or mean log-probability beyond the thresholds) is decoded again
+by faster-whisper's sequential path with temperature fallback, and a repetition guard cuts any loop that
+survives. Output is converted to the requested Chinese script with OpenCC.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -25,9 +26,18 @@ from faster_whisper.transcribe import (
     get_compression_ratio,
     get_suppressed_tokens,
 )
-from faster_whisper.vad import SpeechTimestampsMap, VadOptions, collect_chunks, get_speech_timestamps
 
 from whisper_zh.audio import SAMPLE_RATE, AudioInput, load_audio
+from whisper_zh.chunking import (
+    CHUNK_SECONDS,
+    PACK_MAX_CLIP,
+    AudioFile,
+    Chunk,
+    make_packs,
+    regroup_by_pause,
+    split_file,
+    unpack,
+)
 from whisper_zh.decoding import DecodeOptions, cut_repetition_loop
 from whisper_zh.errors import AudioError
 from whisper_zh.models import ResolvedModel, resolve_model
@@ -36,40 +46,11 @@ from whisper_zh.results import Segment, Transcription, Word
 
 logger = logging.getLogger(__name__)
 
-CHUNK_SECONDS = 30.0
-# Packing: clips up to PACK_MAX_CLIP seconds share one 30 s window, separated by PACK_GAP seconds of silence.
-# Whisper's encoder always pays for 30 s, so a 5 s clip alone wastes five sixths of it.
-PACK_MAX_CLIP = 20.0
-PACK_GAP = 0.8
-PACK_WINDOW = 29.0
-# In VAD-split audio, a silence at least this long starts a new segment.
-PAUSE_SECONDS = 0.5
 # Audio held in memory at once by transcribe_iter before its chunks are decoded (bounds memory on big batches).
 WINDOW_SECONDS = 900.0
 
 ProgressCallback = Callable[[float], None]
 Engine = Literal["ctranslate2", "transformers"]
-
-
-@dataclass(eq=False)  # identity semantics: used as a dict key
-class _File:
-    index: int
-    source: str
-    audio: np.ndarray
-    speech_map: SpeechTimestampsMap | None = None
-    speech: list[dict[str, int]] | None = None  # VAD speech regions (samples), when VAD split the file
-    language: str | None = None
-    credited: float = 0.0  # seconds already reported to the progress callback
-
-
-@dataclass
-class _Chunk:
-    file: _File
-    audio: np.ndarray
-    offset: float  # seconds, on the file's (speech-only, when VAD ran) timeline
-    duration: float
-    # For a pack of short clips: (file, start, end) of each clip on the pack's timeline.
-    members: list[tuple[_File, float, float]] | None = None
 
 
 class Transcriber:
@@ -158,7 +139,7 @@ class Transcriber:
             if options.word_timestamps:
                 raise ValueError("word timestamps need the ctranslate2 engine")
             options = replace(options, pack=False)  # packing splits clips apart by word timestamps
-        window: list[_File] = []
+        window: list[AudioFile] = []
         held = 0.0
         for index, source in enumerate(inputs):
             try:
@@ -166,7 +147,7 @@ class Transcriber:
             except AudioError as exc:
                 yield index, exc
                 continue
-            window.append(_File(index, _describe(source), audio))
+            window.append(AudioFile(index, _describe(source), audio))
             held += len(audio) / SAMPLE_RATE
             if held >= window_seconds:
                 yield from self._decode_window(window, options, on_progress)
@@ -177,7 +158,7 @@ class Transcriber:
     # -- internals -------------------------------------------------------------------------------------------
 
     def _decode_window(
-        self, files: list[_File], options: DecodeOptions, on_progress: ProgressCallback | None
+        self, files: list[AudioFile], options: DecodeOptions, on_progress: ProgressCallback | None
     ) -> Iterator[tuple[int, Transcription]]:
         self._assign_languages(files, options)
         packable = [
@@ -185,25 +166,28 @@ class Transcriber:
         ]
         packed_ids = {id(f) for f in packable}
         chunks = [
-            chunk for file in files if id(file) not in packed_ids for chunk in self._split(file, options)
+            chunk
+            for file in files
+            if id(file) not in packed_ids
+            for chunk in split_file(file, use_vad=options.vad)
         ]
-        packs = _make_packs(packable)
+        packs = make_packs(packable)
         raw: dict[int, list[dict[str, Any]]] = {file.index: [] for file in files}
         split_by_vad = [c for c in chunks if c.file.speech is not None]
         whole = [c for c in chunks if c.file.speech is None]
         for group, words in ((whole, options.word_timestamps), (split_by_vad, True)):
             for chunk, subsegments in self._decode_chunks(group, options, words, on_progress):
                 raw[chunk.file.index].extend(subsegments)
-        redo: list[_File] = []
+        redo: list[AudioFile] = []
         for pack, subsegments in self._decode_chunks(packs, options, True, on_progress):
-            for file, parts in _unpack(pack, subsegments, options).items():
+            for file, parts in unpack(pack, subsegments, keep_words=options.word_timestamps).items():
                 if parts is None:
                     redo.append(file)
                 else:
                     raw[file.index].extend(parts)
         if redo:  # clips the packed pass could not place with confidence: decode them on their own
             logger.debug("%d packed clips decoded again on their own", len(redo))
-            retry = [chunk for file in redo for chunk in self._split(file, options)]
+            retry = [chunk for file in redo for chunk in split_file(file, use_vad=options.vad)]
             for chunk, subsegments in self._decode_chunks(retry, options, options.word_timestamps, None):
                 raw[chunk.file.index].extend(subsegments)
         for file in files:
@@ -213,13 +197,13 @@ class Transcriber:
 
     def _decode_chunks(
         self,
-        chunks: list[_Chunk],
+        chunks: list[Chunk],
         options: DecodeOptions,
         word_timestamps: bool,
         on_progress: ProgressCallback | None,
-    ) -> Iterator[tuple[_Chunk, list[dict[str, Any]]]]:
+    ) -> Iterator[tuple[Chunk, list[dict[str, Any]]]]:
         """Decode chunks in batches (grouped by language); yields each chunk with its raw sub-segments."""
-        by_language: dict[str, list[_Chunk]] = {}
+        by_language: dict[str, list[Chunk]] = {}
         for chunk in chunks:
             by_language.setdefault(chunk.file.language or "zh", []).append(chunk)
         for language, group in by_language.items():
@@ -255,37 +239,7 @@ class Transcriber:
                             on_progress(finish - begin)
                     yield chunk, ([] if self._is_silence(subsegments, options) else subsegments)
 
-    def _split(self, file: _File, options: DecodeOptions) -> list[_Chunk]:
-        duration = len(file.audio) / SAMPLE_RATE
-        if duration <= CHUNK_SECONDS:
-            return [_Chunk(file, file.audio, 0.0, duration)]
-        if not options.vad:
-            step = int(CHUNK_SECONDS * SAMPLE_RATE)
-            return [
-                _Chunk(
-                    file,
-                    file.audio[i : i + step],
-                    i / SAMPLE_RATE,
-                    min(step, len(file.audio) - i) / SAMPLE_RATE,
-                )
-                for i in range(0, len(file.audio), step)
-            ]
-        speech = get_speech_timestamps(
-            file.audio, VadOptions(max_speech_duration_s=CHUNK_SECONDS, min_silence_duration_ms=160)
-        )
-        if not speech:
-            logger.info("%s: no speech found by VAD", file.source)
-            return []
-        file.speech_map = SpeechTimestampsMap(speech, SAMPLE_RATE)
-        file.speech = speech
-        audio_chunks, metadata = collect_chunks(file.audio, speech, max_duration=CHUNK_SECONDS)
-        return [
-            _Chunk(file, audio, meta["offset"], meta["duration"])
-            for audio, meta in zip(audio_chunks, metadata, strict=True)
-            if len(audio)
-        ]
-
-    def _assign_languages(self, files: list[_File], options: DecodeOptions) -> None:
+    def _assign_languages(self, files: list[AudioFile], options: DecodeOptions) -> None:
         for file in files:
             if options.language or not self.is_multilingual:
                 file.language = options.language or "en"
@@ -351,7 +305,7 @@ class Transcriber:
         )
 
     def _decode_sequentially(
-        self, chunk: _Chunk, options: DecodeOptions, language: str, word_timestamps: bool
+        self, chunk: Chunk, options: DecodeOptions, language: str, word_timestamps: bool
     ) -> list[dict[str, Any]]:
         """faster-whisper's one-by-one path with temperature fallback, for a chunk the batched pass got wrong."""
         segments, _ = self._model.transcribe(
@@ -397,12 +351,12 @@ class Transcriber:
             )
         return out
 
-    def _assemble(self, file: _File, raw: list[dict[str, Any]], options: DecodeOptions) -> Transcription:
+    def _assemble(self, file: AudioFile, raw: list[dict[str, Any]], options: DecodeOptions) -> Transcription:
         segments: list[Segment] = []
         duration = len(file.audio) / SAMPLE_RATE
         if file.speech is not None and file.speech_map is not None:
             if any(item.get("words") for item in raw):
-                raw = _regroup_by_pause(raw, file.speech, file.speech_map, keep_words=options.word_timestamps)
+                raw = regroup_by_pause(raw, file.speech, file.speech_map, keep_words=options.word_timestamps)
             else:  # no word times (the Transformers engine): one segment per chunk, mapped back
                 speech_map = file.speech_map
                 raw = [
@@ -450,140 +404,9 @@ class Transcriber:
         return Transcription(file.source, segments, file.language or options.language or "zh", duration)
 
 
-def _regroup_by_pause(
-    raw: list[dict[str, Any]],
-    speech: list[dict[str, int]],
-    speech_map: SpeechTimestampsMap,
-    *,
-    keep_words: bool,
-) -> list[dict[str, Any]]:
-    """Rebuild a VAD-split file's segments from its words: one segment per stretch of speech between pauses of
-    at least PAUSE_SECONDS, with times on the original timeline.
-
-    A VAD chunk glues up to 30 s of speech together, so its decoded text spans many sentences and the silences
-    between them; the words, mapped back through the speech map, say where each sentence really is.
-    """
-    regions: list[list[float]] = []
-    for part in speech:
-        begin, finish = part["start"] / SAMPLE_RATE, part["end"] / SAMPLE_RATE
-        if regions and begin - regions[-1][1] < PAUSE_SECONDS and finish - regions[-1][0] <= CHUNK_SECONDS:
-            regions[-1][1] = finish
-        else:
-            regions.append([begin, finish])
-    buckets: list[list[tuple[dict[str, Any], dict[str, Any]]]] = [[] for _ in regions]
-    for item in raw:
-        for word in item.get("words") or []:
-            index = speech_map.get_chunk_index(word["end"], is_end=True)
-            end = speech_map.get_original_time(word["end"], index)
-            start = speech_map.get_original_time(word["start"], index)
-            # The end decides (see _unpack); the start is clamped to the region, since the alignment stretches the
-            # first word of a region back over the preceding pause.
-            k = next((k for k, (_, finish) in enumerate(regions) if end <= finish + 0.15), len(regions) - 1)
-            begin = regions[k][0]
-            buckets[k].append(({**word, "start": min(max(start, begin), end), "end": end}, item))
-    out = []
-    for bucket in buckets:
-        if not bucket:
-            continue
-        words = [word for word, _ in bucket]
-        items = {id(item): item for _, item in bucket}.values()
-        text = "".join(w["word"] for w in words)
-        out.append(
-            {
-                "text": text,
-                "start": words[0]["start"],
-                "end": words[-1]["end"],
-                "avg_logprob": float(np.mean([i["avg_logprob"] for i in items])),
-                "no_speech_prob": float(np.mean([i["no_speech_prob"] for i in items])),
-                "compression_ratio": get_compression_ratio(text) if text else 0.0,
-                "tokens": [],
-                "words": words if keep_words else None,
-            }
-        )
-    return out
-
-
-def _make_packs(files: list[_File]) -> list[_Chunk]:
-    """Greedily fill <= PACK_WINDOW-second windows with whole clips in input order, PACK_GAP of silence between."""
-    packs: list[_Chunk] = []
-    gap = np.zeros(int(PACK_GAP * SAMPLE_RATE), np.float32)
-    pieces: list[np.ndarray] = []
-    members: list[tuple[_File, float, float]] = []
-    cursor = 0.0
-
-    def close() -> None:
-        audio = np.concatenate(pieces[:-1])  # drop the trailing gap
-        packs.append(_Chunk(members[0][0], audio, 0.0, len(audio) / SAMPLE_RATE, list(members)))
-
-    for file in files:
-        seconds = len(file.audio) / SAMPLE_RATE
-        if members and (cursor + seconds > PACK_WINDOW or file.language != members[0][0].language):
-            close()
-            pieces, members, cursor = [], [], 0.0
-        members.append((file, cursor, cursor + seconds))
-        pieces += [file.audio, gap]
-        cursor += seconds + PACK_GAP
-    if members:
-        close()
-    return packs
-
-
-def _unpack(
-    pack: _Chunk, subsegments: list[dict[str, Any]], options: DecodeOptions
-) -> dict[_File, list[dict[str, Any]] | None]:
-    """Split a pack's words back into its clips; None marks a clip to decode again on its own.
-
-    A word goes to the clip in whose span its *end* falls: the alignment stretches the first word after a gap
-    back over the silence, so start times and midpoints land in the previous clip while end times do not.
-    """
-    members = pack.members or []
-    words: list[list[dict[str, Any]]] = [[] for _ in members]
-    for segment in subsegments:
-        for word in segment.get("words") or []:
-            for k, (_, _begin, finish) in enumerate(members):
-                if word["end"] <= finish + 0.15 or k == len(members) - 1:
-                    words[k].append(word)
-                    break
-    out: dict[_File, list[dict[str, Any]] | None] = {}
-    template = subsegments[0] if subsegments else {"avg_logprob": 0.0, "no_speech_prob": 0.0}
-    for (file, begin, finish), assigned in zip(members, words, strict=True):
-        text = "".join(w["word"] for w in assigned).strip()
-        seconds = finish - begin
-        rate = len(text) / seconds
-        if not text or (seconds > 2.0 and rate < 0.7) or rate > 12.0:
-            out[file] = None  # nothing or implausibly little/much text: the split cannot be trusted
-            continue
-        shifted = [
-            {
-                **w,
-                "start": min(max(w["start"] - begin, 0.0), seconds),
-                "end": min(max(w["end"] - begin, 0.0), seconds),
-            }
-            for w in assigned
-        ]
-        out[file] = [
-            {
-                "text": text,
-                "start": shifted[0]["start"],
-                "end": shifted[-1]["end"],
-                "avg_logprob": template["avg_logprob"],
-                "no_speech_prob": template["no_speech_prob"],
-                "compression_ratio": get_compression_ratio(text),
-                "tokens": [],
-                "words": shifted if options.word_timestamps else None,
-            }
-        ]
-    return out
-
-
 def _describe(source: AudioInput) -> str:
     if isinstance(source, np.ndarray):
         return "<array>"
     if isinstance(source, (bytes, bytearray)):
         return "<bytes>"
     return str(getattr(source, "name", source))
-
-
-def with_options(options: DecodeOptions | None, **changes: Any) -> DecodeOptions:
-    """A copy of ``options`` (or the defaults) with some fields changed."""
-    return replace(options or DecodeOptions(), **changes)
