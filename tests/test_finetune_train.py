@@ -275,6 +275,19 @@ def test_diverging_run_stops_with_plain_words(setup, tmp_path):
     assert events and events[0]["event"] in ("nan_loss", "exploding_loss")
 
 
+def test_early_stopping_keeps_the_best_and_stops(setup, tmp_path):
+    from whisper_zh.training.trainer import finetune
+
+    out = tmp_path / "out"
+    # lr 1e-9 cannot change a greedy transcript: no eval beats step 0, so patience 1 stops after the first eval
+    result = finetune(_config(setup, out, learning_rate=1e-9, max_steps=10, eval_steps=1, save_steps=1,
+                              early_stopping_patience=1), progress=False)
+    assert result.final_step == 1 and result.best_step == 0
+    stops = [r for r in _rows(out) if r.get("event") == "early_stopping"]
+    assert len(stops) == 1 and "keeping step 0" in stops[0]["message"]
+    assert "No evaluation improved on the starting model" in (out / "README.md").read_text(encoding="utf-8")
+
+
 def test_lora_trains_adapters_only_and_merges_on_export(setup, tmp_path):
     from safetensors.torch import load_file
 

@@ -16,36 +16,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from whisper_zh.files import atomic_write_text, fsync_dir
+
 MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory, fsync, os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def checkpoint_dir(root: Path, step: int) -> Path:
@@ -68,13 +42,13 @@ def write_checkpoint(root: Path, step: int, writer: Callable[[Path], None], *, m
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
             files[str(path.relative_to(tmp))] = path.stat().st_size
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # same step saved again (e.g. after resume): move the old one out of the way first
             trash = root / f".trash-{final.name}-{os.getpid()}"
             os.replace(final, trash)
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

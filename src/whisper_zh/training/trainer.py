@@ -394,7 +394,11 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: bool = T
         if config.early_stopping_patience:
             evals = [c for _, c in diagnostics.evals]
             since_best = len(evals) - 1 - int(np.argmin(evals))
-            return since_best >= config.early_stopping_patience
+            if since_best >= config.early_stopping_patience:
+                report([Event("info", "early_stopping", step,
+                              f"step {step}: no better eval CER for {since_best} evaluation(s); stopping early "
+                              f"and keeping step {state['best_step']} (CER {state['best_cer']:.2%}).")])
+                return True
         return False
 
     if state["step"] == 0 and config.eval_at_start:
