@@ -31,7 +31,7 @@ def load_audio(source: AudioInput, sample_rate: int = SAMPLE_RATE, *, allow_sile
     ``source`` is a path, raw file bytes, a binary file object, or an array that is already 16 kHz mono.
     Raises :class:`AudioError` with a one-line reason for missing, empty, corrupt, non-audio or silent input.
     """
-    name = _describe(source)
+    name = describe_source(source)
     if isinstance(source, np.ndarray):
         audio = np.asarray(source, dtype=np.float32)
         if audio.ndim == 2:
@@ -57,7 +57,8 @@ def audio_duration(path: str | os.PathLike) -> float:
         return len(load_audio(path, allow_silence=True)) / SAMPLE_RATE
 
 
-def _describe(source: AudioInput) -> str:
+def describe_source(source: AudioInput) -> str:
+    """How an input is named in messages and results: its path, a file object's name, or <array>/<bytes>."""
     if isinstance(source, (str, os.PathLike)):
         return str(source)
     if isinstance(source, np.ndarray):

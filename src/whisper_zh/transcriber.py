@@ -27,7 +27,7 @@ from faster_whisper.transcribe import (
     get_suppressed_tokens,
 )
 
-from whisper_zh.audio import SAMPLE_RATE, AudioInput, load_audio
+from whisper_zh.audio import SAMPLE_RATE, AudioInput, describe_source, load_audio
 from whisper_zh.chunking import (
     CHUNK_SECONDS,
     PACK_MAX_CLIP,
@@ -147,7 +147,7 @@ class Transcriber:
             except AudioError as exc:
                 yield index, exc
                 continue
-            window.append(AudioFile(index, _describe(source), audio))
+            window.append(AudioFile(index, describe_source(source), audio))
             held += len(audio) / SAMPLE_RATE
             if held >= window_seconds:
                 yield from self._decode_window(window, options, on_progress)
@@ -402,11 +402,3 @@ class Transcriber:
                 )
             )
         return Transcription(file.source, segments, file.language or options.language or "zh", duration)
-
-
-def _describe(source: AudioInput) -> str:
-    if isinstance(source, np.ndarray):
-        return "<array>"
-    if isinstance(source, (bytes, bytearray)):
-        return "<bytes>"
-    return str(getattr(source, "name", source))
