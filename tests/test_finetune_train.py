@@ -340,10 +340,22 @@ def test_export_ct2_is_transcribable(setup, tmp_path):
     assert isinstance(result.text, str)
 
 
-def test_torchrun_two_cpu_processes_gloo(setup, tmp_path):
+# On a machine without GPUs `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate's multi-CPU
+# mode needs mpirun and a hostfile); `--multi_gpu` goes through torch.distributed.run, and without CUDA the
+# Accelerator falls back to gloo on the CPU. On GPU machines the same line is the usual DDP launch.
+LAUNCHERS = {
+    "torchrun": ["torchrun", "--nproc_per_node", "2"],
+    "accelerate": ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_cpu_processes_gloo(setup, tmp_path, launcher):
+    """`torchrun ...` and `accelerate launch ...` in front of the unchanged finetune command (DDP on gloo)."""
     out = tmp_path / "out"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--nproc_per_node", "2", "-m", "whisper_zh"] + _cli(
+    program, *options = LAUNCHERS[launcher]
+    command = [str(Path(sys.executable).with_name(program)), *options, "-m", "whisper_zh"] + _cli(
         setup, out, "--max-steps", "2", "--eval-steps", "2"
     )[3:]
     done = subprocess.run(
@@ -360,3 +372,48 @@ def test_torchrun_two_cpu_processes_gloo(setup, tmp_path):
     assert [r["samples"] for r in train_rows] == [2, 4]
     assert (out / "model.safetensors").is_file()
     assert "num_processes: 2" in (out / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("frozen", ["encoder", "decoder"])
+def test_freezing_trains_only_the_other_half(setup, tmp_path, frozen):
+    """--freeze-encoder moves only the decoder's weights, --freeze-decoder only the encoder's (tied proj_out too)."""
+    from whisper_zh.hf import load_transformers_whisper
+    from whisper_zh.training.trainer import finetune
+
+    out = tmp_path / "out"
+    finetune(_config(setup, out, max_steps=1, eval_steps=1, save_steps=1, eval_at_start=False,
+                     **{f"freeze_{frozen}": True}), progress=False)
+    tuned = dict(load_transformers_whisper(str(out))[0].named_parameters())
+    base = dict(load_transformers_whisper(setup["model"])[0].named_parameters())
+    moved = {name.split(".")[1] for name in base if not torch.equal(tuned[name], base[name])}
+    assert moved == ({"decoder"} if frozen == "encoder" else {"encoder"})
+    assert f"freeze_{frozen}: True" in (out / "README.md").read_text(encoding="utf-8")
+
+
+def test_freezing_both_halves_is_refused():
+    from whisper_zh.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="nothing to train"):
+        build_config(overrides={"freeze_encoder": True, "freeze_decoder": True})
+
+
+def test_spec_augment_masks_features_in_training_only(setup):
+    """With SpecAugment the same batch gives a different loss on each training forward pass, never in eval."""
+    from whisper_zh.training.trainer import apply_model_options, load_model
+
+    tokenizer = load_model(setup["model"])[1].tokenizer
+    builder = ExampleBuilder(tokenizer, Featurizer())
+    batch = Collator(tokenizer.pad_token_id)([builder.single(it) for it in load_utterances(setup["train"])])
+
+    def losses(spec_augment: bool, training: bool) -> list[float]:
+        torch.manual_seed(0)
+        model = apply_model_options(load_model(setup["model"])[0], _config(setup, Path("unused"),
+                                                                           spec_augment=spec_augment))
+        model.train(training)
+        with torch.no_grad():
+            return [float(model(**{k: batch[k] for k in ("input_features", "decoder_input_ids", "labels")}).loss)
+                    for _ in range(3)]
+
+    assert len(set(losses(True, True))) > 1
+    assert len(set(losses(False, True))) == 1
+    assert len(set(losses(True, False))) == 1

@@ -15,7 +15,8 @@ FLAG_FIELDS = {
     "max_steps": "max_steps", "warmup_steps": "warmup_steps", "eval_steps": "eval_steps",
     "save_steps": "save_steps", "logging_steps": "logging_steps", "precision": "precision", "seed": "seed",
     "max_eval_samples": "max_eval_samples", "packing": "packing", "spec_augment": "spec_augment",
-    "freeze_encoder": "freeze_encoder", "lora": "lora.enabled", "export_ct2": "export_ct2",
+    "freeze_encoder": "freeze_encoder", "freeze_decoder": "freeze_decoder", "lora": "lora.enabled",
+    "export_ct2": "export_ct2",
     "skip_doctor": "skip_doctor", "feature_pipeline": "feature_pipeline",
     "early_stopping_patience": "early_stopping_patience",
 }
@@ -52,7 +53,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
                    help="pack several utterances into each 30 s window (timestamp tokens)")
     p.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the decoder only")
+    p.add_argument("--freeze-decoder", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the encoder only (speaker adaptation; keeps the decoder's language model)")
     p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None,
                    help="train LoRA adapters (PEFT) instead of all weights; merged on export")
     p.add_argument("--export-ct2", action=argparse.BooleanOptionalAction, default=None,

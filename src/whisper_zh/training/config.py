@@ -90,7 +90,8 @@ class FinetuneConfig:
     dataloader_workers: int = 0
     # model surgery
     spec_augment: bool = False
-    freeze_encoder: bool = False
+    freeze_encoder: bool = False  # train the decoder only (adapts the language model, not the acoustics)
+    freeze_decoder: bool = False  # train the encoder only (speaker/acoustic adaptation; the decoder's LM is kept)
     lora: LoraSettings = field(default_factory=LoraSettings)
     # output
     export_ct2: bool = False
@@ -116,6 +117,7 @@ class FinetuneConfig:
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.eval_steps >= 1 and self.save_steps >= 1, "eval_steps and save_steps must be >= 1"),
             (self.save_total_limit >= 1, "save_total_limit must be >= 1"),
+            (not (self.freeze_encoder and self.freeze_decoder), "freeze_encoder and freeze_decoder: nothing to train"),
             (0 < self.packing_max_seconds <= 30, "packing_max_seconds must be in (0, 30]"),
             (self.precision in ("auto", "bf16", "fp16", "fp32"), f"precision '{self.precision}': use auto/bf16/fp16/fp32"),
             (self.script in ("simplified", "traditional", "as-is"), f"script '{self.script}': use simplified/traditional/as-is"),

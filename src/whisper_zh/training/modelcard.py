@@ -172,6 +172,7 @@ def write_model_card(config: Any, result: Any, out_dir: Path, *, exported_step: 
         f"- packing: {config.packing}",
         f"- spec_augment: {config.spec_augment}",
         f"- freeze_encoder: {config.freeze_encoder}",
+        f"- freeze_decoder: {config.freeze_decoder}",
         f"- lora: {_lora_text(config.lora)}",
         "",
         "## Training results",

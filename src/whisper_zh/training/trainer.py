@@ -91,7 +91,7 @@ def load_model(name: str, *, dtype: torch.dtype = torch.float32):
 
 
 def apply_model_options(model: Any, config: FinetuneConfig) -> Any:
-    """SpecAugment, encoder freezing and LoRA, in that order. Returns the (possibly PEFT-wrapped) model."""
+    """SpecAugment, encoder or decoder freezing and LoRA, in that order. Returns the (possibly PEFT-wrapped) model."""
     model.config.apply_spec_augment = bool(config.spec_augment)
     if config.spec_augment:
         model.config.mask_time_prob = max(model.config.mask_time_prob or 0.0, 0.05)
@@ -101,6 +101,9 @@ def apply_model_options(model: Any, config: FinetuneConfig) -> Any:
     model.accepts_loss_kwargs = False
     if config.freeze_encoder:
         model.model.encoder.requires_grad_(False)
+    if config.freeze_decoder:  # proj_out shares the decoder's token embedding, so it stays frozen too
+        model.model.decoder.requires_grad_(False)
+        model.proj_out.requires_grad_(False)
     if config.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
@@ -143,7 +146,7 @@ def load_trainable_state(model: Any, path: Path) -> None:
     missing = [n for n in state if n not in params]
     if missing:
         raise DataError(f"{path}: checkpoint does not match the model ({len(missing)} unknown tensors, e.g. "
-                        f"{missing[0]}); was it made with other --lora/--freeze-encoder settings?")
+                        f"{missing[0]}); was it made with other --lora/--freeze-encoder/--freeze-decoder settings?")
     with torch.no_grad():
         for name, tensor in state.items():
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))
