@@ -7,6 +7,9 @@ utterances; packed windows hold several. Prints samples/s, peak RSS and the rati
 (``--only ... whisper-zh-packed-lora`` adds LoRA next to full fine-tuning).
 
     .venv/bin/python bench/finetune_speed.py --model base --steps 3 --batch 2 --accum 4
+
+``--shape tiny|small|medium`` times a randomly initialised model of OpenAI's dimensions for that size (no such
+weights are available offline; speed and memory do not depend on the weights' values), with the real tokenizer.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import time
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aishell1-sample-S0150"
+# OpenAI's model dimensions: d_model, layers (encoder = decoder), attention heads; FFN is 4 x d_model
+SHAPES = {"tiny": (384, 4, 6), "base": (512, 6, 8), "small": (768, 12, 12), "medium": (1024, 24, 16)}
 
 
 def news_split(root: Path) -> tuple[Path, Path]:
@@ -113,6 +118,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--accum", type=int, default=4)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="time a random model of this size instead of --model")
     parser.add_argument("--only", nargs="*", default=["hf-padded", "whisper-zh-unpacked", "whisper-zh-packed"],
                         choices=["hf-padded", "whisper-zh-unpacked", "whisper-zh-packed", "whisper-zh-packed-lora",
                                  "whisper-zh-unpacked-lora"])
@@ -124,6 +130,12 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="ft-speed-") as tmp:
         news_split(Path(tmp))
+        if args.shape:
+            from whisper_zh.hf import build_tiny_random_whisper
+
+            d_model, layers, heads = SHAPES[args.shape]
+            args.model = str(build_tiny_random_whisper(Path(tmp) / f"random-{args.shape}", d_model=d_model,
+                                                       layers=layers, heads=heads, ffn_dim=4 * d_model))
         results = {}
         for name in args.only:
             cmd = [sys.executable, __file__, "--child", name, "--workdir", tmp, "--model", args.model, "--steps",
@@ -136,7 +148,8 @@ def main() -> None:
                 continue
             results[name] = json.loads(line[7:])
     peer = results.get("hf-padded")
-    print(f"model {args.model}, {args.steps} steps of batch {args.batch} x accumulation {args.accum}, "
+    shown = f"{args.shape} (random weights)" if args.shape else args.model
+    print(f"model {shown}, {args.steps} steps of batch {args.batch} x accumulation {args.accum}, "
           f"{args.precision}, 2-core CPU")
     print(f"{'contender':22} {'samples/s':>10} {'x peer':>7} {'peak RSS GB':>12} {'first/last loss':>18}")
     for name, row in results.items():
