@@ -390,6 +390,19 @@ def test_freezing_trains_only_the_other_half(setup, tmp_path, frozen):
     assert f"freeze_{frozen}: True" in (out / "README.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.parametrize("frozen", ["encoder", "decoder"])
+def test_lora_with_a_frozen_half_puts_adapters_in_the_other_half_only(setup, frozen):
+    from whisper_zh.training.trainer import apply_model_options, load_model
+
+    model = apply_model_options(load_model(setup["model"])[0], _config(
+        setup, Path("unused"), **{f"freeze_{frozen}": True, "lora.enabled": True, "lora.r": 4}))
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    other = "decoder" if frozen == "encoder" else "encoder"
+    assert trainable and all("lora_" in name and f".{other}." in name for name in trainable)
+    # the decoder's cross-attention (encoder_attn) belongs to the decoder
+    assert any("encoder_attn" in name for name in trainable) == (other == "decoder")
+
+
 def test_freezing_both_halves_is_refused():
     from whisper_zh.training.config import ConfigError
 

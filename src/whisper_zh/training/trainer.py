@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -107,8 +108,12 @@ def apply_model_options(model: Any, config: FinetuneConfig) -> Any:
     if config.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
+        targets: list[str] | str = list(config.lora.target_modules)
+        half = "decoder" if config.freeze_encoder else "encoder" if config.freeze_decoder else None
+        if half:  # PEFT freezes every base weight itself; a frozen half must also get no adapters
+            targets = rf".*\.{half}\..*\.({'|'.join(map(re.escape, targets))})$"
         lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-                          target_modules=list(config.lora.target_modules), bias="none")
+                          target_modules=targets, bias="none")
         model = get_peft_model(model, lora)
     return model
 
