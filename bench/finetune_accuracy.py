@@ -41,17 +41,59 @@ VARIANTS = {
 }
 
 
+def transcripts(model: str, items: list, *, prompt: bool = True) -> list[str]:
+    """The product path (`whisper-zh transcribe --model MODEL`: faster-whisper, default DecodeOptions)."""
+    from whisper_zh.decoding import DecodeOptions
+    from whisper_zh.transcriber import Transcriber
+
+    options = DecodeOptions() if prompt else DecodeOptions(initial_prompt=None)
+    results = Transcriber(model).transcribe_batch([it.audio for it in items], options)
+    return [r.text if hasattr(r, "text") else "" for r in results]
+
+
 def product_cer(model: str, held: Path) -> float:
-    """CER through the product path (`whisper-zh transcribe --model MODEL`: faster-whisper, default options)."""
+    """CER of ``model`` on the manifest ``held`` through the product path."""
     from whisper_zh.metrics import cer
     from whisper_zh.normalize import TextNormalizer
     from whisper_zh.training.features import load_utterances
-    from whisper_zh.transcriber import Transcriber
 
     items = load_utterances(held)
-    results = Transcriber(model).transcribe_batch([it.audio for it in items])
-    hyps = [r.text if hasattr(r, "text") else "" for r in results]
-    return cer([it.text for it in items], hyps, normalizer=TextNormalizer()).rate
+    return cer([it.text for it in items], transcripts(model, items), normalizer=TextNormalizer()).rate
+
+
+def score_kept(models: dict[str, str], test: Path, dev: Path) -> None:
+    """Test and dev CER with and without the default prompt, and a paired bootstrap against the first model on
+    test + dev together (the product path throughout)."""
+    from whisper_zh.metrics import cer, paired_bootstrap
+    from whisper_zh.normalize import TextNormalizer
+    from whisper_zh.training.features import load_utterances
+
+    normalizer = TextNormalizer()
+    n_test = len(load_utterances(test))
+    items = load_utterances(test) + load_utterances(dev)
+    refs = [it.text for it in items]
+    print(f"{'model':40} {'test':>7} {'test np':>7} {'dev':>7} {'dev np':>7} {'test+dev':>8}  vs {next(iter(models))}")
+    baseline = None
+    for name, model in models.items():
+        columns, per_utterance = [], None
+        for prompt in (True, False):
+            hyps = transcripts(model, items, prompt=prompt)
+            for part in (slice(0, n_test), slice(n_test, None)):
+                columns.append(cer(refs[part], hyps[part], normalizer=normalizer).rate)
+            if prompt:
+                per_utterance = [cer([r], [h], normalizer=normalizer) for r, h in zip(refs, hyps, strict=True)]
+        errors, lengths = [e.errors for e in per_utterance], [e.ref_len for e in per_utterance]
+        both = sum(errors) / sum(lengths)
+        comparison = ""
+        if baseline is None:
+            baseline = errors
+        else:
+            pc = paired_bootstrap(baseline, errors, lengths, n_resamples=2000)
+            comparison = (f"{100 * pc.delta:+.2f} points [{100 * pc.ci_low:+.2f}, {100 * pc.ci_high:+.2f}], "
+                          f"p = {pc.p_value:.2f}")
+        test_p, dev_p, test_np, dev_np = columns
+        print(f"{name:40} {100 * test_p:6.2f}% {100 * test_np:6.2f}% {100 * dev_p:6.2f}% {100 * dev_np:6.2f}% "
+              f"{100 * both:7.2f}%  {comparison}", flush=True)
 
 
 def main() -> None:
@@ -69,7 +111,8 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--keep", help="keep the runs in this directory")
     parser.add_argument("--product-only", action="store_true",
-                        help="only score the base and the kept runs (--keep) through the product path")
+                        help="only score the base and the kept runs (--keep): test and dev CER with and without "
+                             "the prompt, and a paired bootstrap against the base")
     args = parser.parse_args()
 
     from whisper_zh.training.config import build_config
@@ -82,15 +125,12 @@ def main() -> None:
     test, dev = root / "test.jsonl", root / "dev.jsonl"
     test.write_text("\n".join(lines[: args.heldout]) + "\n", encoding="utf-8")
     dev.write_text("\n".join(lines[args.heldout: args.heldout + args.dev]) + "\n", encoding="utf-8")
-    held = test
     rows = []
     if args.product_only:
-        print(f"product path (faster-whisper, default DecodeOptions), {args.heldout} held-out utterances")
-        for name in ["base"] + [v for v in args.variants if (root / v / "model.safetensors").is_file()]:
-            model = args.model if name == "base" else str(root / name)
-            print(f"{name:24} CER {100 * product_cer(model, held):6.2f}%")
+        kept = {v: str(root / v) for v in args.variants if (root / v / "model.safetensors").is_file()}
+        score_kept({args.model: args.model, **kept}, test, dev)
         return
-    base_cer = product_cer(args.model, held)
+    base_cer = product_cer(args.model, test)
     print(f"test CER of {args.model} before fine-tuning (product path): {100 * base_cer:.2f}%", flush=True)
     for name in args.variants:
         overrides = dict(model=args.model, train=str(train), eval=str(dev), output_dir=str(root / name),
@@ -111,7 +151,7 @@ def main() -> None:
                      "curve": [(r["step"], round(r["cer"], 4)) for r in evals],
                      "loss": [(r["step"], round(r["loss"], 3)) for r in train_rows],
                      "samples_per_second": result.samples_per_second, "train_seconds": result.train_seconds,
-                     "wall_seconds": wall, "test_cer": product_cer(str(root / name), held)})
+                     "wall_seconds": wall, "test_cer": product_cer(str(root / name), test)})
         print(json.dumps(rows[-1]), flush=True)
     print(f"\ndev CER ({args.dev} utterances, the trainer's greedy generate(); picks the checkpoint)")
     print(f"{'variant':30} {'before':>7} {'best':>7} {'step':>5} {'samples':>8} {'train s':>8}")
