@@ -34,9 +34,12 @@ if TYPE_CHECKING:
     import torch
 
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
-# Stored quantization for compute types that name no storage type: float32 loses nothing, CTranslate2 converts
-# it to whatever compute type the Transcriber asks for at load time.
-_DEFAULT_STORED = "float32"
+# What a Transformers checkpoint is stored as when converted for decoding: float16, as the embedded base is
+# stored, so that identical weights reach CTranslate2's load-time quantisation (int8 by default) from identical
+# bytes whichever layout they came in (fp16 -> fp32 -> fp16 is exact), and score identically.
+_DEFAULT_STORED = "float16"
+_DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.int8): "int8",
+                np.dtype(np.int16): "int16"}
 
 # model.bin dtype ids (ctranslate2/include/ctranslate2/types.h DataType order).
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: None}  # 5 = bfloat16
@@ -108,6 +111,16 @@ def read_ct2_model_bin(path: str | os.PathLike) -> Ct2Model:
     for alias, target in aliases.items():
         variables[alias] = variables[target]
     return Ct2Model(spec, revision, variables, aliases)
+
+
+def ct2_storage_type(model_dir: str | os.PathLike) -> str:
+    """How a CTranslate2 model's weights are stored on disk (float16, float32, int8, ...), from model.bin."""
+    try:
+        variables = read_ct2_model_bin(Path(model_dir) / "model.bin").variables
+    except (ConversionError, OSError, ValueError):
+        return "unknown"
+    largest = max(variables.values(), key=lambda a: a.size, default=None)
+    return "unknown" if largest is None else _DTYPE_NAMES.get(largest.dtype, str(largest.dtype))
 
 
 def _dequantized(variables: dict[str, np.ndarray], name: str) -> np.ndarray:
@@ -393,8 +406,9 @@ def ensure_ctranslate2(resolved: ResolvedModel, quantization: str | None = None)
     """A CTranslate2 directory for ``resolved``: itself if it is one, else a cached conversion.
 
     The conversion lands in ``cache_dir()/models/<name>-<key>-ct2-<quantization>`` and is keyed on the source
-    path, its newest file mtime and the quantization, so a retrained checkpoint is converted again. Compute types
-    that name no stored type (None, "default", "auto") store float32, which CTranslate2 converts at load time.
+    path, its newest file mtime and the quantization, so a retrained checkpoint is converted again. By default
+    (None, "default", "auto") the weights are stored as float16, and CTranslate2 converts them to the compute
+    type asked for at load time, exactly as it does for the embedded base.
     """
     if resolved.layout == "ctranslate2":
         return resolved.path

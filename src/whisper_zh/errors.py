@@ -15,6 +15,10 @@ class ModelNotFoundError(WhisperZhError):
     """A model name that resolves to nothing loadable."""
 
 
+class ModelLoadError(WhisperZhError):
+    """A model that exists but cannot be loaded or run as asked (device, compute type, library version)."""
+
+
 class DataError(WhisperZhError):
     """A dataset or manifest that cannot be read."""
 

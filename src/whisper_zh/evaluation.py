@@ -202,15 +202,7 @@ def evaluate(
             Prediction(utt.id, utt.text, result.text, audio, utt.duration or result.duration, utt.speaker)
         )
     scores = score_predictions(predictions, scorings, n_resamples=n_resamples, seed=seed)
-    model = {
-        "name": transcriber.model_name,
-        "path": str(transcriber.resolved.path),
-        "layout": transcriber.resolved.layout,
-        "source": transcriber.resolved.source,
-        "engine": "ctranslate2",
-        "device": getattr(transcriber, "device", None),
-        "compute_type": getattr(transcriber, "compute_type", None),
-    }
+    model = asdict(transcriber.info)  # the engine, storage and compute types that really ran
     timing = {
         "wall_seconds": round(wall, 3),
         "audio_seconds": round(audio_seconds, 3),

@@ -75,6 +75,26 @@ def convert_script(text: str, script: Script = "simplified") -> str:
     raise ValueError(f"unknown script '{script}': use simplified, traditional or as-is")
 
 
+_FULL_WIDTH = {",": "，", ".": "。", "?": "？", "!": "！", ":": "：", ";": "；"}
+# A half-width mark touching Chinese text (spaces around it ignored). A full stop counts only after a CJK
+# character, or after a number that ends a Chinese sentence (涨了3.5.): after a Latin letter it is an
+# abbreviation (e.g.), between digits a decimal point.
+_ASCII_MARK_NEAR_CJK = re.compile(
+    f"(?<=[{CJK_RANGES}])\\s*([,.?!:;])\\s*"
+    f"|\\s*([,?!:;])\\s*(?=[{CJK_RANGES}])"
+    f"|(?<=\\d)(\\.)\\s*(?=[{CJK_RANGES}]|$)"
+)
+
+
+def chinese_punctuation(text: str) -> str:
+    """Full-width marks (，。？！：；) where a half-width one touches Chinese text; ASCII kept inside Latin text
+    and numbers (``3.5``, ``e.g.``, ``12:30``). Whisper writes 假语村言,别再拥抱我。 where readers expect
+    假语村言，别再拥抱我。 Text without Chinese characters is returned as it is."""
+    if not has_cjk(text):
+        return text
+    return _ASCII_MARK_NEAR_CJK.sub(lambda m: _FULL_WIDTH[m.group(1) or m.group(2) or m.group(3)], text)
+
+
 def has_cjk(text: str) -> bool:
     """True when ``text`` contains at least one CJK ideograph or kana."""
     return CJK_CHAR.search(text) is not None

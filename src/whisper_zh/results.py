@@ -29,6 +29,7 @@ class Segment:
     compression_ratio: float = 0.0
     tokens: list[int] = field(default_factory=list)
     words: list[Word] | None = None
+    temperature: float = 0.0  # the sampling temperature the text was decoded at (above 0: a fallback)
 
 
 @dataclass

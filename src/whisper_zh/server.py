@@ -42,7 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from whisper_zh.audio import SAMPLE_RATE, load_audio
-from whisper_zh.decoding import DEFAULT_ZH_PROMPT, DecodeOptions
+from whisper_zh.decoding import DecodeOptions
 from whisper_zh.errors import AudioError
 from whisper_zh.results import Segment, Transcription
 from whisper_zh.serving_queue import BatchingQueue, BatchStats, QueueClosedError, QueueFullError, Slot
@@ -73,7 +73,7 @@ class ServerConfig:
     # to the wrong clip would leak one client's speech into another's transcript); they share a batch
     # as separate rows instead.
     decode: DecodeOptions = field(
-        default_factory=lambda: DecodeOptions(initial_prompt=DEFAULT_ZH_PROMPT, timestamps=True, pack=False)
+        default_factory=lambda: DecodeOptions(pack=False)
     )
     api_key: str | None = None
     max_upload_bytes: int = 25 * 1024 * 1024  # OpenAI's limit

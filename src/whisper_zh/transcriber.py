@@ -1,56 +1,58 @@
-"""The transcription pipeline: inputs -> 16 kHz audio -> <=30 s chunks -> batched decoding -> segments -> text.
+"""The transcription pipeline: inputs -> 16 kHz audio -> windows of <= 30 s -> batched decoding -> segments.
 
-How audio becomes chunks (and packed chunks become per-file text again) lives in :mod:`whisper_zh.chunking`.
-Here: loading inputs a window at a time, decoding the chunks of *all* files of a window in batches (CTranslate2
-through faster-whisper by default, or Transformers), retrying broken output, and assembling segments. A chunk
-whose output looks broken (a compression ratio or mean log-probability beyond the thresholds) is decoded again
-by faster-whisper's sequential path with temperature fallback, and a repetition guard cuts any loop that
-survives. Output is converted to the requested Chinese script with OpenCC.
+:class:`Transcriber` is the one decoding path of the project: the CLI, the server, evaluation and the trainer's
+evaluation all call it. It is engine-agnostic: a :class:`~whisper_zh.engines.Decoder` decodes windows, and the
+transcriber decides what the windows are (:mod:`whisper_zh.chunking`), batches the windows of *all* inputs
+together, re-decodes broken output through the engine's temperature fallback, and hands each recording's
+pieces to :mod:`whisper_zh.segments`, which orders them and makes their times valid.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
-import numpy as np
-from faster_whisper import WhisperModel
-from faster_whisper.audio import pad_or_trim
-from faster_whisper.feature_extractor import FeatureExtractor
-from faster_whisper.tokenizer import Tokenizer
-from faster_whisper.transcribe import (
-    BatchedInferencePipeline,
-    TranscriptionOptions,
-    get_compression_ratio,
-    get_suppressed_tokens,
-)
-
-from whisper_zh.audio import SAMPLE_RATE, AudioInput, describe_source, load_audio
+from whisper_zh.audio import AudioInput, describe_source, load_audio
 from whisper_zh.chunking import (
-    CHUNK_SECONDS,
+    MIN_WINDOW,
     PACK_MAX_CLIP,
     AudioFile,
-    Chunk,
+    Window,
     make_packs,
-    regroup_by_pause,
-    split_file,
+    speech_after,
+    stream_spans,
     unpack,
+    window_at,
 )
-from whisper_zh.decoding import DecodeOptions, cut_repetition_loop
+from whisper_zh.decoding import DecodeOptions, compression_ratio
+from whisper_zh.engines import Decoded, Decoder, Engine, RawSegment, load_decoder
 from whisper_zh.errors import AudioError
-from whisper_zh.models import ResolvedModel, resolve_model
-from whisper_zh.normalize import convert_script
-from whisper_zh.results import Segment, Transcription, Word
+from whisper_zh.models import resolve_model
+from whisper_zh.results import Transcription
+from whisper_zh.segments import Piece, build_segments
+from whisper_zh.vad import Span, load_detector
 
 logger = logging.getLogger(__name__)
 
-# Audio held in memory at once by transcribe_iter before its chunks are decoded (bounds memory on big batches).
-WINDOW_SECONDS = 900.0
+# Audio held in memory at once by transcribe_iter before its windows are decoded (bounds memory on big batches).
+GROUP_SECONDS = 300.0
 
 ProgressCallback = Callable[[float], None]
-Engine = Literal["ctranslate2", "transformers"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What model ran and how: recorded in evaluation reports and shown by the server."""
+
+    name: str
+    path: str
+    layout: str
+    source: str
+    engine: str
+    storage_type: str
+    compute_type: str
 
 
 class Transcriber:
@@ -67,42 +69,35 @@ class Transcriber:
         device: str = "cpu",
         compute_type: str = "int8",
         cpu_threads: int = 0,
+        decoder: Decoder | None = None,
     ) -> None:
         """``engine``: "ctranslate2" (fast; a Transformers checkpoint is converted once and cached) or
-        "transformers" (runs a Transformers checkpoint as it is; no packing or word timestamps)."""
-        if engine not in ("ctranslate2", "transformers"):
-            raise ValueError(f"unknown engine '{engine}': use ctranslate2 or transformers")
+        "transformers" (runs a Transformers checkpoint as it is; no packing or word timestamps). A ready
+        ``decoder`` (e.g. an in-memory model being trained) is used as it is."""
         self.model_name = str(model)
-        self.engine = engine
-        self.resolved: ResolvedModel = resolve_model(model)
-        self.compute_type = compute_type
-        self.device = device
-        self._model: WhisperModel | None = None
-        self._hf = None
-        if engine == "transformers":
-            from whisper_zh.hf_engine import TransformersDecoder  # torch is only needed for this engine
+        if decoder is None:
+            resolved = resolve_model(model)
+            decoder = load_decoder(resolved, engine, device=device, compute_type=compute_type,
+                                   cpu_threads=cpu_threads)
+            layout, source = resolved.layout, resolved.source
+        else:
+            layout, source = "in-memory" if decoder.model_path.startswith("<") else "local", "local"
+        self.decoder = decoder
+        load_detector()
+        self.info = ModelInfo(self.model_name, decoder.model_path, layout, source, decoder.name,
+                              decoder.storage_type, decoder.compute_type)
 
-            self._hf = TransformersDecoder(self.resolved, device=device)
-            self._features = FeatureExtractor(feature_size=self._hf.n_mels)
-            return
-        path = self.resolved.path
-        if self.resolved.layout == "transformers":
-            from whisper_zh.convert import ensure_ctranslate2  # conversion is only needed for this layout
-
-            path = ensure_ctranslate2(
-                self.resolved, quantization=compute_type if compute_type != "default" else "int8"
-            )
-        self._model = WhisperModel(
-            str(path), device=device, compute_type=compute_type, cpu_threads=cpu_threads
-        )
-        self._features = self._model.feature_extractor
-        self._pipeline = BatchedInferencePipeline(self._model)
+    @property
+    def engine(self) -> str:
+        return self.decoder.name
 
     @property
     def is_multilingual(self) -> bool:
-        if self._hf is not None:
-            return self._hf.is_multilingual
-        return bool(self._model.model.is_multilingual)
+        return self.decoder.is_multilingual
+
+    @property
+    def languages(self) -> frozenset[str]:
+        return self.decoder.languages
 
     def transcribe(self, audio: AudioInput, options: DecodeOptions | None = None) -> Transcription:
         """Transcribe one input (path, bytes, file object or 16 kHz array); raises AudioError on bad input."""
@@ -118,7 +113,7 @@ class Transcriber:
         *,
         on_progress: ProgressCallback | None = None,
     ) -> list[Transcription | AudioError]:
-        """Transcribe many inputs, batching their chunks; a bad input yields its AudioError in its slot."""
+        """Transcribe many inputs, batching their windows; a bad input yields its AudioError in its slot."""
         items = list(inputs)
         results: list[Transcription | AudioError | None] = [None] * len(items)
         for index, result in self.transcribe_iter(items, options, on_progress=on_progress):
@@ -131,15 +126,15 @@ class Transcriber:
         options: DecodeOptions | None = None,
         *,
         on_progress: ProgressCallback | None = None,
-        window_seconds: float = WINDOW_SECONDS,
+        group_seconds: float = GROUP_SECONDS,
     ) -> Iterator[tuple[int, Transcription | AudioError]]:
-        """Yield (input index, result) as windows of inputs finish; errors are yielded as soon as they are found."""
+        """Yield (input index, result) as groups of inputs finish; errors are yielded as soon as they are found.
+
+        Inputs are read until ``group_seconds`` of audio are held, then decoded together."""
         options = options or DecodeOptions()
-        if self._hf is not None:
-            if options.word_timestamps:
-                raise ValueError("word timestamps need the ctranslate2 engine")
-            options = replace(options, pack=False)  # packing splits clips apart by word timestamps
-        window: list[AudioFile] = []
+        if options.word_timestamps and not self.decoder.aligns_words:
+            raise ValueError(f"word timestamps need the ctranslate2 engine, not {self.decoder.name}")
+        group: list[AudioFile] = []
         held = 0.0
         for index, source in enumerate(inputs):
             try:
@@ -147,258 +142,241 @@ class Transcriber:
             except AudioError as exc:
                 yield index, exc
                 continue
-            window.append(AudioFile(index, describe_source(source), audio))
-            held += len(audio) / SAMPLE_RATE
-            if held >= window_seconds:
-                yield from self._decode_window(window, options, on_progress)
-                window, held = [], 0.0
-        if window:
-            yield from self._decode_window(window, options, on_progress)
+            group.append(AudioFile(index, describe_source(source), audio))
+            held += group[-1].duration
+            if held >= group_seconds:
+                yield from _Run(self.decoder, options, on_progress).transcribe(group)
+                group, held = [], 0.0
+        if group:
+            yield from _Run(self.decoder, options, on_progress).transcribe(group)
 
-    # -- internals -------------------------------------------------------------------------------------------
 
-    def _decode_window(
-        self, files: list[AudioFile], options: DecodeOptions, on_progress: ProgressCallback | None
-    ) -> Iterator[tuple[int, Transcription]]:
-        self._assign_languages(files, options)
-        packable = [
-            f for f in files if options.pack and f.language and len(f.audio) <= PACK_MAX_CLIP * SAMPLE_RATE
-        ]
-        packed_ids = {id(f) for f in packable}
-        chunks = [
-            chunk
-            for file in files
-            if id(file) not in packed_ids
-            for chunk in split_file(file, use_vad=options.vad)
-        ]
-        packs = make_packs(packable)
-        raw: dict[int, list[dict[str, Any]]] = {file.index: [] for file in files}
-        split_by_vad = [c for c in chunks if c.file.speech is not None]
-        whole = [c for c in chunks if c.file.speech is None]
-        for group, words in ((whole, options.word_timestamps), (split_by_vad, True)):
-            for chunk, subsegments in self._decode_chunks(group, options, words, on_progress):
-                raw[chunk.file.index].extend(subsegments)
+class _Run:
+    """One group of recordings decoded together: plan their streams and packs, decode them in batches, and
+    assemble each recording."""
+
+    def __init__(self, decoder: Decoder, options: DecodeOptions, on_progress: ProgressCallback | None) -> None:
+        self.decoder, self.options, self.on_progress = decoder, options, on_progress
+
+    def transcribe(self, files: list[AudioFile]) -> Iterator[tuple[int, Transcription]]:
+        self._assign_languages(files)
+        pack = self.options.pack and self.decoder.aligns_words
+        packable = [f for f in files if pack and f.duration <= PACK_MAX_CLIP]
+        tasks: list[_Task] = [self._stream(f, span) for f in files if f not in packable
+                              for span in stream_spans(f, use_vad=self.options.vad)]
+        tasks += [_Pack(window) for window in make_packs(packable)]
+        pieces: dict[AudioFile, list[Piece]] = {f: [] for f in files}
         redo: list[AudioFile] = []
-        for pack, subsegments in self._decode_chunks(packs, options, True, on_progress):
-            for file, parts in unpack(pack, subsegments, keep_words=options.word_timestamps).items():
-                if parts is None:
+        for window, segments in self._decode(tasks):
+            if not window.is_pack:
+                pieces[window.file] += [Piece(s.shifted(window.offset), window.offset) for s in segments]
+                continue
+            for file, segment in unpack(window, segments).items():
+                if segment is None:
                     redo.append(file)
                 else:
-                    raw[file.index].extend(parts)
+                    pieces[file].append(Piece(segment, 0.0))
         if redo:  # clips the packed pass could not place with confidence: decode them on their own
             logger.debug("%d packed clips decoded again on their own", len(redo))
-            retry = [chunk for file in redo for chunk in split_file(file, use_vad=options.vad)]
-            for chunk, subsegments in self._decode_chunks(retry, options, options.word_timestamps, None):
-                raw[chunk.file.index].extend(subsegments)
+            again = [self._stream(f, Span(0.0, f.duration), credit=False) for f in redo]
+            for window, segments in self._decode(again):
+                pieces[window.file] += [Piece(s.shifted(window.offset), window.offset) for s in segments]
         for file in files:
-            if on_progress and file.credited < (total := len(file.audio) / SAMPLE_RATE):
-                on_progress(total - file.credited)
-            yield file.index, self._assemble(file, raw[file.index], options)
+            self._credit(file, file.duration - file.credited)  # silences left out, clips decoded again
+            yield file.index, self._assemble(file, pieces[file])
 
-    def _decode_chunks(
-        self,
-        chunks: list[Chunk],
-        options: DecodeOptions,
-        word_timestamps: bool,
-        on_progress: ProgressCallback | None,
-    ) -> Iterator[tuple[Chunk, list[dict[str, Any]]]]:
-        """Decode chunks in batches (grouped by language); yields each chunk with its raw sub-segments."""
-        by_language: dict[str, list[Chunk]] = {}
-        for chunk in chunks:
-            by_language.setdefault(chunk.file.language or "zh", []).append(chunk)
-        for language, group in by_language.items():
-            if self._hf is None:
-                tokenizer = Tokenizer(
-                    self._model.hf_tokenizer, self.is_multilingual, task=options.task, language=language
-                )
-                fw_options = self._fw_options(options, tokenizer, word_timestamps)
-            # Similar durations decode to similar lengths: sorting keeps beams in a batch finishing together.
-            group.sort(key=lambda c: c.duration, reverse=True)
-            for start in range(0, len(group), options.batch_size):
-                batch = group[start : start + options.batch_size]
-                features = np.stack([pad_or_trim(self._features(c.audio)[..., :-1]) for c in batch])
-                if self._hf is not None:
-                    outputs = [
-                        [{**r, "start": c.offset, "end": c.offset + c.duration, "words": None}]
-                        for c, r in zip(batch, self._hf.decode(features, options, language), strict=True)
-                    ]
-                else:
-                    self._pipeline.last_speech_timestamp = 0.0
-                    outputs = self._pipeline.forward(
-                        features,
-                        tokenizer,
-                        [{"offset": c.offset, "duration": c.duration} for c in batch],
-                        fw_options,
-                    )
-                for chunk, subsegments in zip(batch, outputs, strict=True):
-                    if self._hf is None and self._needs_fallback(subsegments, options):
-                        subsegments = self._decode_sequentially(chunk, options, language, word_timestamps)
-                    if on_progress:
-                        for file, begin, finish in chunk.members or [(chunk.file, 0.0, chunk.duration)]:
-                            file.credited += finish - begin
-                            on_progress(finish - begin)
-                    yield chunk, ([] if self._is_silence(subsegments, options) else subsegments)
+    def _stream(self, file: AudioFile, span: Span, *, credit: bool = True) -> _Stream:
+        # Segments of a cut recording are rebuilt from word times; packs are split back by them.
+        words = self.decoder.aligns_words and (self.options.word_timestamps or file.regions is not None)
+        return _Stream(file, span, words=words, credit=credit)
 
-    def _assign_languages(self, files: list[AudioFile], options: DecodeOptions) -> None:
+    def _assign_languages(self, files: list[AudioFile]) -> None:
         for file in files:
-            if options.language or not self.is_multilingual:
-                file.language = options.language or "en"
-                continue
-            first_window = file.audio[: int(CHUNK_SECONDS * SAMPLE_RATE)]
-            features = pad_or_trim(self._features(first_window)[..., :-1])
-            if self._hf is not None:
-                file.language = self._hf.detect_language(features)
+            if self.options.language:
+                file.language = self.options.language
+            elif not self.decoder.is_multilingual:
+                file.language = "en"
             else:
-                file.language, _, _ = self._model.detect_language(features=features)
+                file.language = self.decoder.detect_language(file.audio)
 
-    def _fw_options(
-        self, options: DecodeOptions, tokenizer: Tokenizer, word_timestamps: bool
-    ) -> TranscriptionOptions:
-        return TranscriptionOptions(
-            beam_size=options.beam_size,
-            best_of=5,
-            patience=1.0,
-            length_penalty=1.0,
-            repetition_penalty=1.0,
-            no_repeat_ngram_size=0,
-            log_prob_threshold=options.log_prob_threshold,
-            no_speech_threshold=options.no_speech_threshold,
-            compression_ratio_threshold=options.compression_ratio_threshold,
-            condition_on_previous_text=False,
-            prompt_reset_on_temperature=0.5,
-            temperatures=[options.temperature[0]],
-            initial_prompt=options.initial_prompt,
-            prefix=None,
-            suppress_blank=True,
-            suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
-            without_timestamps=not options.timestamps,
-            max_initial_timestamp=0.0,
-            word_timestamps=word_timestamps,
-            prepend_punctuations="\"'“¿([{-「『《【",
-            append_punctuations="\"'.。,，!！?？:：”)]}、」』》】",
-            multilingual=False,
-            max_new_tokens=options.max_new_tokens,
-            clip_timestamps="0",
-            hallucination_silence_threshold=None,
-            hotwords=options.hotwords,
-        )
+    def _decode(self, tasks: list[_Task]) -> Iterator[tuple[Window, list[RawSegment]]]:
+        """Decode every task's windows; yields each window with its segments (silence dropped).
 
-    @staticmethod
-    def _needs_fallback(subsegments: list[dict[str, Any]], options: DecodeOptions) -> bool:
-        if len(options.temperature) < 2 or not subsegments:
-            return False
-        text = "".join(s["text"] for s in subsegments)
-        first = subsegments[0]
-        too_repetitive = bool(text) and get_compression_ratio(text) > options.compression_ratio_threshold
-        unsure = first["avg_logprob"] < options.log_prob_threshold
-        silent = first["no_speech_prob"] > options.no_speech_threshold
-        return too_repetitive or (unsure and not silent)
+        Each round decodes the next window of every unfinished task, in batches of one language and setting;
+        a stream's next window is known only once its current one is decoded."""
+        while tasks:
+            groups: dict[tuple, list[_Task]] = {}
+            for task in tasks:
+                key = (task.head.file.language or "zh", task.words, task.timestamps, task.context is not None)
+                groups.setdefault(key, []).append(task)
+            for (language, words, timestamps, _context), group in groups.items():
+                # Similar durations decode to similar lengths, so beams in a batch finish together; similar contexts
+                # keep more of each (a batch keeps as many context tokens as its shortest context has).
+                group.sort(key=lambda t: (len(t.context or ""), t.head.duration), reverse=True)
+                for start in range(0, len(group), self.options.batch_size):
+                    batch = group[start : start + self.options.batch_size]
+                    yield from self._decode_batch(batch, language, words, timestamps)
+            tasks = [task for task in tasks if not task.done]
 
-    @staticmethod
-    def _is_silence(subsegments: list[dict[str, Any]], options: DecodeOptions) -> bool:
-        if not subsegments:
-            return True
-        first = subsegments[0]
-        return (
-            first["no_speech_prob"] > options.no_speech_threshold
-            and first["avg_logprob"] < options.log_prob_threshold
-        )
-
-    def _decode_sequentially(
-        self, chunk: Chunk, options: DecodeOptions, language: str, word_timestamps: bool
-    ) -> list[dict[str, Any]]:
-        """faster-whisper's one-by-one path with temperature fallback, for a chunk the batched pass got wrong."""
-        segments, _ = self._model.transcribe(
-            chunk.audio,
-            language=language,
-            task=options.task,
-            beam_size=options.beam_size,
-            temperature=list(options.temperature),
-            compression_ratio_threshold=options.compression_ratio_threshold,
-            log_prob_threshold=options.log_prob_threshold,
-            no_speech_threshold=options.no_speech_threshold,
-            condition_on_previous_text=False,
-            initial_prompt=options.initial_prompt,
-            hotwords=options.hotwords,
-            word_timestamps=word_timestamps,
-            without_timestamps=not options.timestamps,
-            vad_filter=False,
-        )
-        out = []
-        for s in segments:
-            words = None
-            if s.words is not None:
-                words = [
-                    {
-                        "start": w.start + chunk.offset,
-                        "end": w.end + chunk.offset,
-                        "word": w.word,
-                        "probability": w.probability,
-                    }
-                    for w in s.words
-                ]
-            out.append(
-                {
-                    "text": s.text,
-                    "start": s.start + chunk.offset,
-                    "end": min(s.end, chunk.duration) + chunk.offset,
-                    "avg_logprob": s.avg_logprob,
-                    "no_speech_prob": s.no_speech_prob,
-                    "compression_ratio": s.compression_ratio,
-                    "tokens": list(s.tokens),
-                    "words": words,
-                }
+    def _decode_batch(
+        self, batch: list[_Task], language: str, words: bool, timestamps: bool
+    ) -> Iterator[tuple[Window, list[RawSegment]]]:
+        windows = [task.head for task in batch]
+        results = self.decoder.decode([w.audio for w in windows], self.options, language=language, words=words,
+                                      timestamps=timestamps, contexts=[task.context for task in batch])
+        copied = [i for i, (task, decoded) in enumerate(zip(batch, results, strict=True))
+                  if _copies_context(decoded.segments, task.context)]
+        if copied:  # Whisper repeated its prompt instead of listening: decode those windows without it
+            logger.debug("%d windows repeated their context; decoded again without it", len(copied))
+            again = self.decoder.decode([windows[i].audio for i in copied], self.options, language=language,
+                                        words=words, timestamps=timestamps)
+            for i, decoded in zip(copied, again, strict=True):
+                results[i] = decoded
+        for i, (task, window, decoded) in enumerate(zip(batch, windows, results, strict=True)):
+            if _needs_fallback(decoded.segments, self.options):
+                context = None if i in copied else task.context
+                decoded = self.decoder.decode_with_fallback(window.audio, self.options, language=language,
+                                                            words=words, timestamps=timestamps, context=context)
+            silent = _is_silence(decoded.segments, self.options) or (
+                not task.heard_speech() and _no_speech(decoded.segments, self.options)
             )
-        return out
+            segments = [] if silent else list(decoded.segments)
+            for file, seconds in task.advance(decoded, segments):
+                self._credit(file, seconds)
+            yield window, segments
 
-    def _assemble(self, file: AudioFile, raw: list[dict[str, Any]], options: DecodeOptions) -> Transcription:
-        segments: list[Segment] = []
-        duration = len(file.audio) / SAMPLE_RATE
-        if file.speech is not None and file.speech_map is not None:
-            if any(item.get("words") for item in raw):
-                raw = regroup_by_pause(raw, file.speech, file.speech_map, keep_words=options.word_timestamps)
-            else:  # no word times (the Transformers engine): one segment per chunk, mapped back
-                speech_map = file.speech_map
-                raw = [
-                    {
-                        **item,
-                        "start": speech_map.get_original_time(item["start"]),
-                        "end": speech_map.get_original_time(item["end"], is_end=True),
-                    }
-                    for item in raw
-                ]
-        for item in sorted(raw, key=lambda s: s["start"]):
-            text = item["text"].strip()
-            if options.repetition_guard:
-                text, was_cut = cut_repetition_loop(text)
-                if was_cut:
-                    logger.warning("%s: cut a repetition loop at %.1f s", file.source, item["start"])
-            text = convert_script(text, options.script)
-            if not text:
-                continue
-            start, end = float(item["start"]), float(item["end"])
-            words = None
-            if item.get("words"):
-                words = [
-                    Word(
-                        float(w["start"]),
-                        float(w["end"]),
-                        convert_script(w["word"], options.script),
-                        float(w["probability"]),
-                    )
-                    for w in item["words"]
-                ]
-            segments.append(
-                Segment(
-                    id=len(segments),
-                    start=round(max(0.0, start), 3),
-                    end=round(min(end, duration), 3),
-                    text=text,
-                    avg_logprob=float(item["avg_logprob"]),
-                    no_speech_prob=float(item["no_speech_prob"]),
-                    compression_ratio=float(item.get("compression_ratio", 0.0)),
-                    tokens=list(item.get("tokens", [])),
-                    words=words,
-                )
-            )
-        return Transcription(file.source, segments, file.language or options.language or "zh", duration)
+    def _credit(self, file: AudioFile, seconds: float) -> None:
+        """Report ``seconds`` more of ``file`` decoded."""
+        seconds = min(seconds, file.duration - file.credited)
+        if seconds > 0:
+            file.credited += seconds
+            if self.on_progress:
+                self.on_progress(seconds)
+
+    def _assemble(self, file: AudioFile, pieces: list[Piece]) -> Transcription:
+        language = file.language or self.options.language or "zh"
+        segments = build_segments(pieces, duration=file.duration, options=self.options, language=language,
+                                  regions=file.regions, source=file.source)
+        return Transcription(file.source, segments, language, file.duration)
+
+
+# A window whose final text ends sooner than this after its start is taken whole (a stream always moves on).
+MIN_ADVANCE = 1.0
+# Speech heard this long after a window's last segment means the decoder stopped early (seconds).
+EARLY_STOP_SLACK = 0.3
+# Text decoded above this temperature (a fallback) is not trusted as the next window's prompt (Whisper's rule).
+PROMPT_RESET_TEMPERATURE = 0.5
+
+
+class _Task(Protocol):
+    head: Window
+    words: bool
+    timestamps: bool
+    context: str | None
+    done: bool
+
+    def advance(self, decoded: Decoded, kept: list[RawSegment]) -> list[tuple[AudioFile, float]]:
+        """Take the result of ``head``; returns (recording, seconds of it decoded by this step) for progress."""
+        ...
+
+    def heard_speech(self) -> bool:
+        """False when voice activity detection heard no speech in ``head`` (True when it did not run)."""
+        ...
+
+
+class _Stream:
+    """Consecutive windows over one stretch of a recording: Whisper's long-form loop. Each window starts where
+    the text before it is final (timestamp tokens say where) and is prompted with that text; many streams are
+    decoded side by side, so a long recording is batched without losing its context."""
+
+    timestamps = True
+
+    def __init__(self, file: AudioFile, span: Span, *, words: bool, credit: bool = True) -> None:
+        self.file, self.span, self.words, self.credit = file, span, words, credit
+        self.context: str | None = None
+        self.done = span.end - span.start < MIN_WINDOW
+        self.head = window_at(file, span.start, span.end)
+
+    def heard_speech(self) -> bool:
+        window = self.head
+        return self.file.regions is None or speech_after(self.file, window.offset, window.offset + window.duration)
+
+    def advance(self, decoded: Decoded, kept: list[RawSegment]) -> list[tuple[AudioFile, float]]:
+        window = self.head
+        step = decoded.complete if decoded.complete >= min(MIN_ADVANCE, window.duration) else window.duration
+        # Whisper sometimes ends a window after a sentence or two although speech goes on (the Mandarin prompt
+        # is one short sentence): where VAD hears speech after the last segment, the next window starts there.
+        last = max((s.end for s in kept), default=0.0)
+        if kept and last >= MIN_ADVANCE and speech_after(self.file, window.offset + last + EARLY_STOP_SLACK,
+                                                          window.offset + step):
+            step = min(step, last)
+        trusted = kept and all(s.temperature <= PROMPT_RESET_TEMPERATURE for s in kept)
+        text = "".join(s.text for s in kept).strip() if trusted else ""
+        self.context = (((self.context or "") + text)[-CONTEXT_CHARS:] or None) if trusted else None
+        position = window.offset + step
+        self.done = self.span.end - position < MIN_WINDOW
+        if not self.done:
+            self.head = window_at(self.file, position, self.span.end)
+        return [(self.file, step if self.credit else 0.0)]
+
+
+# The previous text kept as a stream's context (the engine keeps at most half of Whisper's 448-token window).
+CONTEXT_CHARS = 200
+
+
+class _Pack:
+    """Several short clips decoded in one window, split back into clips by word times."""
+
+    words = True
+    timestamps = False
+    context = None
+
+    def __init__(self, window: Window) -> None:
+        self.head = window
+        self.done = False
+
+    def heard_speech(self) -> bool:
+        return True
+
+    def advance(self, decoded: Decoded, kept: list[RawSegment]) -> list[tuple[AudioFile, float]]:
+        self.done = True
+        return [(m.file, m.file.duration) for m in self.head.members]
+
+
+def _copies_context(segments: Sequence[RawSegment], context: str | None, min_chars: int = 8) -> bool:
+    """Whether a segment repeats a stretch of the prompt's previous text word for word (Whisper's known failure
+    when conditioned on previous text: it copies the prompt instead of transcribing the audio)."""
+    if not context:
+        return False
+    seen = _letters(context)
+    return any(len(text) >= min_chars and text in seen for text in (_letters(s.text) for s in segments))
+
+
+def _letters(text: str) -> str:
+    return "".join(ch for ch in text if ch.isalnum())
+
+
+def _needs_fallback(segments: Sequence[RawSegment], options: DecodeOptions) -> bool:
+    """Whisper's rule: too repetitive, or too unsure where there is speech, means decode again hotter."""
+    if len(options.temperature) < 2 or not segments:
+        return False
+    text = "".join(s.text for s in segments)
+    first = segments[0]
+    too_repetitive = bool(text) and compression_ratio(text) > options.compression_ratio_threshold
+    unsure = first.avg_logprob < options.log_prob_threshold
+    silent = first.no_speech_prob > options.no_speech_threshold
+    return too_repetitive or (unsure and not silent)
+
+
+def _no_speech(segments: Sequence[RawSegment], options: DecodeOptions) -> bool:
+    """The decoder's own no-speech probability says there is no speech (on its own it is not enough: Whisper
+    sets it high on some quiet speech, which is why Whisper's rule asks for low confidence too)."""
+    return not segments or segments[0].no_speech_prob > options.no_speech_threshold
+
+
+def _is_silence(segments: Sequence[RawSegment], options: DecodeOptions) -> bool:
+    if not segments:
+        return True
+    first = segments[0]
+    return first.no_speech_prob > options.no_speech_threshold and first.avg_logprob < options.log_prob_threshold
+

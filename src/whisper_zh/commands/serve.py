@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             compute_type=args.compute_type,
             cpu_threads=args.threads,
-            decode=decode_options_from_args(args, timestamps=True, pack=False),  # see ServerConfig.decode
+            decode=decode_options_from_args(args, pack=False),  # see ServerConfig.decode
             api_key=args.api_key,
             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
             max_audio_seconds=args.max_audio_minutes * 60,

@@ -69,9 +69,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=FORMATS, default="txt", help="output file format (default: txt)")
     p.add_argument("--output-dir", default=None, help="write one file per input here (default: stdout only)")
     p.add_argument("--word-timestamps", action="store_true", help="character/word timestamps (json, tsv)")
-    p.add_argument(
-        "--timestamps", action="store_true", help="timestamped sub-segments inside each 30 s window"
-    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
 
@@ -81,9 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         sources = expand_inputs(args.inputs)
-        options = decode_options_from_args(
-            args, word_timestamps=args.word_timestamps, timestamps=args.timestamps
-        )
+        options = decode_options_from_args(args, word_timestamps=args.word_timestamps)
     except (WhisperZhError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,281 @@
+"""The CTranslate2 engine, through faster-whisper: the default, and the only module that touches faster-whisper's
+decoding internals.
+
+Batches of windows go through ``BatchedInferencePipeline.forward`` (faster-whisper's own batched decoder, which
+also aligns words). Its ``TranscriptionOptions`` has no defaults of its own, so they are taken from the signature
+of faster-whisper's public ``BatchedInferencePipeline.transcribe``: a release that adds an option either gives
+it a default there (and it is picked up) or fails at load with a message naming it, never in the middle of a
+decode. Windows the batched pass gets wrong are decoded again with faster-whisper's public
+``WhisperModel.transcribe``, which owns the temperature fallback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Sequence
+from importlib.metadata import version
+from typing import Any
+
+import numpy as np
+from faster_whisper import WhisperModel
+from faster_whisper.audio import pad_or_trim
+from faster_whisper.tokenizer import Tokenizer
+from faster_whisper.transcribe import BatchedInferencePipeline, TranscriptionOptions, get_suppressed_tokens
+
+from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.decoding import DecodeOptions
+from whisper_zh.engines.base import Decoded, RawSegment, RawWord, split_at_timestamps
+from whisper_zh.errors import ModelLoadError
+
+# Punctuation faster-whisper attaches to the neighbouring word when aligning: its defaults plus Chinese brackets
+# and the enumeration comma, so a Chinese mark never becomes a "word" of its own with a time of its own.
+PREPEND_PUNCTUATION = "\"'“¿([{-「『《【"
+APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、」』》】；;"
+
+
+class CTranslate2Decoder:
+    """A CTranslate2 Whisper model (a directory in CTranslate2 layout) behind the :class:`Decoder` protocol."""
+
+    name = "ctranslate2"
+    aligns_words = True
+
+    def __init__(self, model_dir: str, *, device: str = "cpu", compute_type: str = "int8", cpu_threads: int = 0,
+                 storage_type: str = "unknown") -> None:
+        try:
+            self._model = WhisperModel(model_dir, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(_load_error(exc, device, compute_type)) from exc
+        self._pipeline = _PromptedPipeline(self._model)
+        self.model_path = model_dir
+        self.storage_type = storage_type
+        self.compute_type = str(self._model.model.compute_type)
+        self._option_defaults = _batched_defaults()
+
+    @property
+    def is_multilingual(self) -> bool:
+        return bool(self._model.model.is_multilingual)
+
+    @property
+    def languages(self) -> frozenset[str]:
+        return frozenset(self._model.supported_languages)
+
+    def detect_language(self, audio: np.ndarray) -> str:
+        language, _probability, _all = self._model.detect_language(audio=audio[: 30 * 16000])
+        return language
+
+    def decode(
+        self, windows: Sequence[np.ndarray], options: DecodeOptions, *, language: str, words: bool,
+        timestamps: bool = False, contexts: Sequence[str | None] | None = None,
+    ) -> list[Decoded]:
+        tokenizer = self._tokenizer(options, language)
+        prompt = _encode(tokenizer, options.prompt_for(language))
+        contexts = contexts or [None] * len(windows)
+        results: dict[int, Decoded] = {}
+        for rows in ([i for i, c in enumerate(contexts) if not c], [i for i, c in enumerate(contexts) if c]):
+            if not rows:
+                continue
+            # CTranslate2 needs <|startoftranscript|> at one position across a batch: every row keeps the same
+            # number of context tokens (the last ones, nearest the window), as many as the shortest context has.
+            tails = [_encode(tokenizer, contexts[i]) for i in rows]
+            keep = min([len(t) for t in tails] + [self._model.max_length // 2 - 1 - len(prompt)])
+            previous = [prompt + (t[len(t) - keep :] if keep > 0 else []) for t in tails]
+            decoded = self._forward([windows[i] for i in rows], previous, options, tokenizer, language, words,
+                                    timestamps)
+            results.update(zip(rows, decoded, strict=True))
+        return [results[i] for i in range(len(windows))]
+
+    def decode_with_fallback(
+        self, window: np.ndarray, options: DecodeOptions, *, language: str, words: bool, timestamps: bool = False,
+        context: str | None = None,
+    ) -> Decoded:
+        prompt = "".join(part for part in (options.prompt_for(language), context) if part) or None
+        segments, _info = self._model.transcribe(
+            window,
+            language=language,
+            task=options.task,
+            beam_size=options.beam_size,
+            temperature=list(options.temperature),
+            compression_ratio_threshold=options.compression_ratio_threshold,
+            log_prob_threshold=options.log_prob_threshold,
+            no_speech_threshold=options.no_speech_threshold,
+            condition_on_previous_text=False,
+            initial_prompt=prompt,
+            hotwords=options.hotwords,
+            word_timestamps=words,
+            without_timestamps=not timestamps,
+            prepend_punctuations=PREPEND_PUNCTUATION,
+            append_punctuations=APPEND_PUNCTUATION,
+            vad_filter=False,
+        )
+        duration = len(window) / SAMPLE_RATE
+        raw = tuple(
+            RawSegment(
+                text=s.text,
+                start=s.start,
+                end=min(s.end, duration),
+                avg_logprob=s.avg_logprob,
+                no_speech_prob=s.no_speech_prob,
+                compression_ratio=s.compression_ratio,
+                tokens=tuple(s.tokens),
+                words=None if s.words is None else tuple(RawWord(w.start, w.end, w.word, w.probability) for w in s.words),
+                temperature=s.temperature or 0.0,
+            )
+            for s in segments
+        )
+        return Decoded(raw, duration)
+
+    def _forward(self, windows: Sequence[np.ndarray], previous: list[list[int]], options: DecodeOptions,
+                 tokenizer: Tokenizer, language: str, words: bool, timestamps: bool) -> list[Decoded]:
+        features = np.stack([pad_or_trim(self._model.feature_extractor(w)[..., :-1]) for w in windows])
+        metadata = [{"offset": 0.0, "duration": len(w) / SAMPLE_RATE} for w in windows]
+        self._pipeline.previous = previous
+        # The pipeline carries the previous batch's last word end into the next batch's first-word heuristics;
+        # every window here starts at 0 on its own timeline, so start each batch afresh.
+        self._pipeline.last_speech_timestamp = 0.0
+        fw_options = self._options(options, tokenizer, language, words, timestamps)
+        outputs = self._pipeline.forward(features, tokenizer, metadata, fw_options)
+        return [
+            Decoded(tuple(_raw_segment(item, words) for item in window),
+                    _complete(tokens, tokenizer, len(audio) / SAMPLE_RATE, timestamps))
+            for window, tokens, audio in zip(outputs, self._pipeline.tokens, windows, strict=True)
+        ]
+
+    # -- internals -------------------------------------------------------------------------------------------
+
+    def _tokenizer(self, options: DecodeOptions, language: str) -> Tokenizer:
+        return Tokenizer(self._model.hf_tokenizer, self.is_multilingual, task=options.task,
+                         language=language if self.is_multilingual else None)
+
+    def _options(
+        self, options: DecodeOptions, tokenizer: Tokenizer, language: str, words: bool, timestamps: bool
+    ) -> TranscriptionOptions:
+        values = dict(self._option_defaults)
+        values.update(
+            beam_size=options.beam_size,
+            log_prob_threshold=options.log_prob_threshold,
+            no_speech_threshold=options.no_speech_threshold,
+            compression_ratio_threshold=options.compression_ratio_threshold,
+            temperatures=[options.temperature[0]],
+            initial_prompt=options.prompt_for(language),
+            suppress_tokens=get_suppressed_tokens(tokenizer, values["suppress_tokens"]),
+            without_timestamps=not timestamps,
+            word_timestamps=words,
+            prepend_punctuations=PREPEND_PUNCTUATION,
+            append_punctuations=APPEND_PUNCTUATION,
+            max_new_tokens=options.max_new_tokens,
+            hotwords=options.hotwords,
+            # What BatchedInferencePipeline.transcribe itself fixes for batched decoding:
+            condition_on_previous_text=False,
+            max_initial_timestamp=0.0,
+            clip_timestamps="0",
+            hallucination_silence_threshold=None,
+            multilingual=False,
+        )
+        return TranscriptionOptions(**values)
+
+
+class _PromptedPipeline(BatchedInferencePipeline):
+    """faster-whisper's batched pipeline, with a previous-text prompt of its own for each window of the batch.
+
+    ``generate_segment_batched`` gives every row the same prompt; this override (the only method replaced)
+    builds one per row from ``previous``, the token ids of the text that came before each window (the Mandarin
+    prompt, then the preceding window's text), as faster-whisper's sequential path conditions on previous text.
+    """
+
+    previous: list[list[int]]  # set before each forward(): one previous-text token list per row
+    tokens: list[list[int]]  # after each forward(): the tokens each row decoded, unfinished segment included
+
+    def generate_segment_batched(self, features: np.ndarray, tokenizer: Tokenizer, options: TranscriptionOptions):
+        model = self.model
+        prompts = [
+            model.get_prompt(tokenizer, previous_tokens=tokens, without_timestamps=options.without_timestamps,
+                             hotwords=options.hotwords)
+            for tokens in self.previous
+        ]
+        longest = max(len(p) for p in prompts)
+        max_length = model.max_length if options.max_new_tokens is None else longest + options.max_new_tokens
+        encoder_output = model.encode(features)
+        results = model.model.generate(
+            encoder_output,
+            prompts,
+            beam_size=options.beam_size,
+            patience=options.patience,
+            length_penalty=options.length_penalty,
+            max_length=min(max_length, model.max_length),
+            suppress_blank=options.suppress_blank,
+            suppress_tokens=options.suppress_tokens,
+            return_scores=True,
+            return_no_speech_prob=True,
+            sampling_temperature=options.temperatures[0],
+            repetition_penalty=options.repetition_penalty,
+            no_repeat_ngram_size=options.no_repeat_ngram_size,
+        )
+        output = []
+        for result in results:
+            length = len(result.sequences_ids[0])
+            logprob = result.scores[0] * (length**options.length_penalty)
+            output.append({"avg_logprob": logprob / (length + 1), "no_speech_prob": result.no_speech_prob,
+                           "tokens": result.sequences_ids[0]})
+        self.tokens = [row["tokens"] for row in output]
+        return encoder_output, output
+
+
+def _complete(tokens: list[int], tokenizer: Tokenizer, duration: float, timestamps: bool) -> float:
+    """How far into the window the text is final (faster-whisper drops an unfinished last segment)."""
+    return split_at_timestamps(tokens, tokenizer.timestamp_begin, duration)[1] if timestamps else duration
+
+
+def _encode(tokenizer: Tokenizer, text: str | None) -> list[int]:
+    return tokenizer.encode(text.strip()) if text and text.strip() else []
+
+
+def _batched_defaults() -> dict[str, Any]:
+    """TranscriptionOptions' fields, valued from the defaults of faster-whisper's public batched transcribe()."""
+    names = [f.name for f in dataclasses.fields(TranscriptionOptions)]
+    params = inspect.signature(BatchedInferencePipeline.transcribe).parameters
+    defaults = {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
+    if "temperature" in defaults:
+        defaults["temperatures"] = list(np.atleast_1d(defaults["temperature"]))[:1]
+    values = {name: defaults[name] for name in names if name in defaults}
+    # Set by _options for every decode, whether or not transcribe() has a default for them.
+    values.setdefault("temperatures", [0.0])
+    for name in ("clip_timestamps", "max_initial_timestamp", "prompt_reset_on_temperature",
+                 "hallucination_silence_threshold", "initial_prompt", "hotwords", "max_new_tokens"):
+        values.setdefault(name, None)
+    unknown = [name for name in names if name not in values]
+    if unknown:
+        raise ModelLoadError(
+            f"faster-whisper {version('faster-whisper')} has decoding options whisper-zh does not know "
+            f"({', '.join(unknown)}); install the tested release: pip install 'faster-whisper>=1.1,<1.3'"
+        )
+    return values
+
+
+def _raw_segment(item: dict[str, Any], words: bool) -> RawSegment:
+    aligned = None
+    if words:
+        aligned = tuple(RawWord(w["start"], w["end"], w["word"], w["probability"]) for w in item.get("words") or [])
+    return RawSegment(
+        text=item["text"],
+        start=float(item["start"]),
+        end=float(item["end"]),
+        avg_logprob=float(item["avg_logprob"]),
+        no_speech_prob=float(item["no_speech_prob"]),
+        compression_ratio=float(item.get("compression_ratio", 0.0)),
+        tokens=tuple(item.get("tokens", ())),
+        words=aligned,
+    )
+
+
+def _load_error(exc: Exception, device: str, compute_type: str) -> str:
+    """One line that says what to use instead, for the load errors users meet (float16 on a CPU, no GPU)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "compute type" in text.lower():
+        hint = "on a CPU use --compute-type int8 (default), int8_float32 or float32"
+        if device != "cpu":
+            hint = "this device supports other types: try --compute-type float16, int8_float16 or int8"
+        return f"--compute-type {compute_type} is not supported on --device {device}: {hint}"
+    if "cuda" in text.lower() or device == "cuda":
+        return f"--device {device}: no usable CUDA GPU ({text}); use --device cpu"
+    return f"cannot load the model on --device {device} with --compute-type {compute_type}: {text}"
