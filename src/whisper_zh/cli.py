@@ -1,4 +1,8 @@
-"""Command-line entry point: `whisper-zh <command>`. Each command lives in whisper_zh.commands.<name>."""
+"""Command-line entry point: `whisper-zh <command>`. Each command lives in whisper_zh.commands.<name>.
+
+Exit status, for every command: 0 done; 1 done, but some inputs failed (or the checks found errors);
+2 nothing done, because of something the user can fix (the one-line message says what); 130 interrupted.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import argparse
 import importlib
 import logging
 import sys
+
+from whisper_zh.errors import WhisperZhError
 
 # Each module defines `add_parser(subparsers) -> None` (which sets `func=run`) and `run(args) -> int`.
 COMMANDS = (
@@ -38,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
+    except WhisperZhError as exc:  # anything the user can fix: one line, exit status 2, for every command
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

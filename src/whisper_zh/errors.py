@@ -7,6 +7,10 @@ class WhisperZhError(Exception):
     """Base class for every error whisper-zh raises on purpose."""
 
 
+class UsageError(WhisperZhError):
+    """A flag, option or path the user gave that cannot work as given."""
+
+
 class AudioError(WhisperZhError):
     """Audio that is missing, unreadable, corrupt, empty or silent."""
 

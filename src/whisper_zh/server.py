@@ -64,6 +64,7 @@ class ServerConfig:
     """Everything the server needs; the CLI fills it from flags, tests build it directly."""
 
     model: str = "base"
+    engine: str = "ctranslate2"
     device: str = "cpu"
     compute_type: str = "int8"
     cpu_threads: int = 0
@@ -273,9 +274,8 @@ def create_app(config: ServerConfig, *, transcriber: Any = None) -> FastAPI:
     if transcriber is None:
         from whisper_zh.transcriber import Transcriber
 
-        transcriber = Transcriber(
-            config.model, device=config.device, compute_type=config.compute_type, cpu_threads=config.cpu_threads
-        )
+        transcriber = Transcriber(config.model, engine=config.engine, device=config.device,
+                                  compute_type=config.compute_type, cpu_threads=config.cpu_threads)
     served_name = Path(config.model).name if Path(config.model).exists() else config.model
     model_names = (served_name, OPENAI_DEFAULT_MODEL)
     multilingual = bool(getattr(transcriber, "is_multilingual", True))
@@ -501,18 +501,12 @@ def _request_options(
         language = None
     changes: dict[str, Any] = {"task": task, "language": language, "word_timestamps": words or base.word_timestamps}
     if prompt is not None and prompt.strip():
-        changes["initial_prompt"] = prompt
-    elif language not in (None, "zh"):
-        changes["initial_prompt"] = None  # the default prompt is Mandarin: no use for another language
-    if language not in (None, "zh") and not script:
-        changes["script"] = "as-is"  # Simplified/Traditional conversion is for Chinese text only
-    if task == "translate":
-        changes["initial_prompt"] = prompt or None
+        changes["initial_prompt"] = prompt  # DecodeOptions.prompt_for decides where the default prompt applies
     if temperature:  # OpenAI: 0 (or unset) means "start greedy, raise the temperature when decoding fails"
         changes["temperature"] = tuple(sorted({temperature} | {t for t in base.temperature if t > temperature}))
     if script:
         changes["script"] = script
-    return replace(base, **changes)
+    return base.with_(**changes)
 
 
 def _decode_upload(upload: UploadFile, max_seconds: float) -> Any:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from whisper_zh.errors import WhisperZhError
+from whisper_zh.errors import UsageError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,29 +35,25 @@ def run(args: argparse.Namespace) -> int:
     from whisper_zh.convert import ct2_to_transformers_dir, transformers_to_ct2_dir
     from whisper_zh.models import resolve_model
 
-    try:
-        if args.out.exists() and not args.force:
-            raise WhisperZhError(f"{args.out}: already exists (use --force to replace it)")
-        if args.to == "transformers" and args.quantization:
-            raise WhisperZhError("--quantization applies to --to ctranslate2 only (Transformers weights are float32)")
-        resolved = resolve_model(args.src)
-        if resolved.path.resolve() == args.out.resolve():
-            raise WhisperZhError(f"{args.out}: output directory is the source model")
-        start = time.perf_counter()
-        if args.to == "transformers":
-            if resolved.layout == "transformers":
-                raise WhisperZhError(f"{args.src}: already a Transformers model")
-            ct2_to_transformers_dir(resolved.path, args.out)
-        elif resolved.layout == "transformers":
-            transformers_to_ct2_dir(resolved.path, args.out, args.quantization or "float16")
-        else:  # CTranslate2 -> CTranslate2: re-quantize through a temporary Transformers copy
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(prefix=".convert-", dir=args.out.parent) as tmp:
-                hf_dir = ct2_to_transformers_dir(resolved.path, Path(tmp) / "hf")
-                transformers_to_ct2_dir(hf_dir, args.out, args.quantization or "float16")
-    except WhisperZhError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.out.exists() and not args.force:
+        raise UsageError(f"{args.out}: already exists (use --force to replace it)")
+    if args.to == "transformers" and args.quantization:
+        raise UsageError("--quantization applies to --to ctranslate2 only (Transformers weights are float32)")
+    resolved = resolve_model(args.src)
+    if resolved.path.resolve() == args.out.resolve():
+        raise UsageError(f"{args.out}: output directory is the source model")
+    start = time.perf_counter()
+    if args.to == "transformers":
+        if resolved.layout == "transformers":
+            raise UsageError(f"{args.src}: already a Transformers model")
+        ct2_to_transformers_dir(resolved.path, args.out)
+    elif resolved.layout == "transformers":
+        transformers_to_ct2_dir(resolved.path, args.out, args.quantization or "float16")
+    else:  # CTranslate2 -> CTranslate2: re-quantize through a temporary Transformers copy
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".convert-", dir=args.out.parent) as tmp:
+            hf_dir = ct2_to_transformers_dir(resolved.path, Path(tmp) / "hf")
+            transformers_to_ct2_dir(hf_dir, args.out, args.quantization or "float16")
     quant = f", {args.quantization or 'float16'}" if args.to == "ctranslate2" else ""
     print(f"{args.src} ({resolved.layout}) -> {args.out} ({args.to}{quant}) in {time.perf_counter() - start:.1f} s")
     return 0

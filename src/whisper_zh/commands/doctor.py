@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-
-from whisper_zh.errors import WhisperZhError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,13 +26,9 @@ def run(args: argparse.Namespace) -> int:
     from whisper_zh.doctor import print_report, run_checks
     from whisper_zh.training.config import build_config
 
-    try:
-        config = build_config(recipe=args.recipe, config_file=args.config,
-                              overrides={"train": args.train, "eval": args.eval, "model": args.model})
-        report = run_checks(config=config)
-    except WhisperZhError as exc:
-        print(f"whisper-zh doctor: {exc}", file=sys.stderr)
-        return 2
+    config = build_config(recipe=args.recipe, config_file=args.config,
+                          overrides={"train": args.train, "eval": args.eval, "model": args.model})
+    report = run_checks(config=config)
     if args.json:
         print(json.dumps(report.to_dict(), ensure_ascii=False, indent=1))
     else:

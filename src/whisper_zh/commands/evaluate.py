@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from whisper_zh.commands.transcribe import _unwritable, add_model_arguments, decode_options_from_args
+from whisper_zh.commands.common import add_model_arguments, decode_options, ensure_writable, load_transcriber
 from whisper_zh.data import FORMATS
-from whisper_zh.errors import WhisperZhError
+from whisper_zh.errors import UsageError
 from whisper_zh.metrics import DEFAULT_RESAMPLES
 
 
@@ -79,50 +79,43 @@ def run(args: argparse.Namespace) -> int:
     if args.rescore:
         return _rescore(args)
     if not args.data:
-        print("error: give --data (a dataset to evaluate) or --compare A B", file=sys.stderr)
-        return 2
+        raise UsageError("give --data (a dataset to evaluate) or --compare A B")
     from whisper_zh.data import load_source
     from whisper_zh.evaluation import evaluate
-    from whisper_zh.transcriber import Transcriber
 
+    options = decode_options(args)
+    scorings = _scorings(args)
+    source = load_source(
+        args.data,
+        args.data_format,
+        split=args.split,
+        config=args.config,
+        limit=args.limit,
+        audio_column=args.audio_column,
+        text_column=args.text_column,
+        id_column=args.id_column,
+        speaker_column=args.speaker_column,
+    )
+    output_dir = Path(args.output_dir or _default_output_dir(args.model, args.data))
+    ensure_writable(output_dir)  # fail now, not after an hour of transcription
+    started = time.perf_counter()
+    transcriber = load_transcriber(args)
+    load_seconds = time.perf_counter() - started
+    result = evaluate(
+        transcriber,
+        source,
+        options,
+        scorings=scorings,
+        n_resamples=args.resamples,
+        seed=args.seed,
+        progress=not args.quiet,
+        diagnostics=args.diagnostics,
+    )
+    result.report["timing"]["model_load_seconds"] = round(load_seconds, 3)
     try:
-        options = decode_options_from_args(args)
-        scorings = _scorings(args)
-        source = load_source(
-            args.data,
-            args.data_format,
-            split=args.split,
-            config=args.config,
-            limit=args.limit,
-            audio_column=args.audio_column,
-            text_column=args.text_column,
-            id_column=args.id_column,
-            speaker_column=args.speaker_column,
-        )
-        output_dir = Path(args.output_dir or _default_output_dir(args.model, args.data))
-        if problem := _unwritable(output_dir):  # fail now, not after an hour of transcription
-            print(f"error: {output_dir}: output directory cannot be written ({problem})", file=sys.stderr)
-            return 2
-        started = time.perf_counter()
-        transcriber = Transcriber(
-            args.model, device=args.device, compute_type=args.compute_type, cpu_threads=args.threads
-        )
-        load_seconds = time.perf_counter() - started
-        result = evaluate(
-            transcriber,
-            source,
-            options,
-            scorings=scorings,
-            n_resamples=args.resamples,
-            seed=args.seed,
-            progress=not args.quiet,
-            diagnostics=args.diagnostics,
-        )
-        result.report["timing"]["model_load_seconds"] = round(load_seconds, 3)
         paths = result.write(output_dir)
-    except (WhisperZhError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:
+        raise UsageError(f"{output_dir}: cannot write the report ({exc.strerror or exc})") from exc
     _print_summary(result.report, paths)
     return 0
 
@@ -162,19 +155,15 @@ def _print_summary(report: dict, paths: dict) -> None:
 def _rescore(args: argparse.Namespace) -> int:
     from whisper_zh.evaluation import rescore
 
-    try:
-        result = rescore(
-            args.rescore,
-            _scorings(args),
-            n_resamples=args.resamples,
-            seed=args.seed,
-            diagnostics=args.diagnostics,
-        )
-        source = Path(args.rescore)
-        paths = result.write(args.output_dir or (source if source.is_dir() else source.parent))
-    except (WhisperZhError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = rescore(
+        args.rescore,
+        _scorings(args),
+        n_resamples=args.resamples,
+        seed=args.seed,
+        diagnostics=args.diagnostics,
+    )
+    source = Path(args.rescore)
+    paths = result.write(args.output_dir or (source if source.is_dir() else source.parent))
     _print_summary(result.report, paths)
     return 0
 
@@ -182,11 +171,7 @@ def _rescore(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from whisper_zh.evaluation import compare_reports, format_comparison
 
-    try:
-        comparison = compare_reports(*args.compare, n_resamples=args.resamples, seed=args.seed)
-    except WhisperZhError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    comparison = compare_reports(*args.compare, n_resamples=args.resamples, seed=args.seed)
     print(format_comparison(comparison))
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from whisper_zh.errors import WhisperZhError
+from whisper_zh.errors import UsageError
 
 # CLI flag -> config field (flags left unset do not override the recipe or config file)
 FLAG_FIELDS = {
@@ -72,35 +72,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from whisper_zh.training.config import build_config, parse_set_options
 
-    try:
-        overrides = {field: getattr(args, flag) for flag, field in FLAG_FIELDS.items()
-                     if getattr(args, flag, None) is not None}
-        overrides.update(parse_set_options(args.set))
-        config = build_config(recipe=args.recipe, config_file=args.config, overrides=overrides)
-        if args.print_config:
-            import yaml
+    overrides = {field: getattr(args, flag) for flag, field in FLAG_FIELDS.items()
+                 if getattr(args, flag, None) is not None}
+    overrides.update(parse_set_options(args.set))
+    config = build_config(recipe=args.recipe, config_file=args.config, overrides=overrides)
+    if args.print_config:
+        import yaml
 
-            print(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True), end="")
-            return 0
-        if not config.train or not config.eval:
-            print("whisper-zh finetune: --train and --eval are required (or set them in --config)", file=sys.stderr)
-            return 2
-        if not config.skip_doctor and _rank() == 0:
-            from whisper_zh.doctor import print_report, run_checks
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True), end="")
+        return 0
+    if not config.train or not config.eval:
+        raise UsageError("--train and --eval are required (or set them in --config)")
+    if not config.skip_doctor and _rank() == 0:
+        from whisper_zh.doctor import print_report, run_checks
 
-            report = run_checks(train=config.train, eval=config.eval, model=config.model, config=config)
-            print_report(report, file=sys.stderr)
-            if report.errors:
-                print(f"whisper-zh finetune: refusing to train: `whisper-zh doctor` found {len(report.errors)} "
-                      "error(s) above. Fix the data, or pass --skip-doctor to train anyway.", file=sys.stderr)
-                return 1
-        from whisper_zh.training.trainer import finetune
+        report = run_checks(train=config.train, eval=config.eval, model=config.model, config=config)
+        print_report(report, file=sys.stderr)
+        if report.errors:
+            print(f"whisper-zh finetune: refusing to train: `whisper-zh doctor` found {len(report.errors)} "
+                  "error(s) above. Fix the data, or pass --skip-doctor to train anyway.", file=sys.stderr)
+            return 1
+    from whisper_zh.training.trainer import finetune
 
-        command = "whisper-zh " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
-        result = finetune(config, resume=args.resume, progress=not args.no_progress, command=command)
-    except WhisperZhError as exc:
-        print(f"whisper-zh finetune: {exc}", file=sys.stderr)
-        return 1
+    command = "whisper-zh " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    result = finetune(config, resume=args.resume, progress=not args.no_progress, command=command)
     if _rank() == 0:
         before = "" if result.initial_cer is None else f" (before: {result.initial_cer:.2%})"
         print(f"best CER {result.best_cer:.2%} at step {result.best_step}{before}; "

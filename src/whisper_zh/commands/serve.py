@@ -7,8 +7,7 @@ import os
 import signal
 import sys
 
-from whisper_zh.commands.transcribe import add_model_arguments, decode_options_from_args
-from whisper_zh.errors import WhisperZhError
+from whisper_zh.commands.common import add_model_arguments, decode_options
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -54,25 +53,22 @@ def run(args: argparse.Namespace) -> int:
 
     from whisper_zh.server import ServerConfig, create_app
 
-    try:
-        config = ServerConfig(
-            model=args.model,
-            device=args.device,
-            compute_type=args.compute_type,
-            cpu_threads=args.threads,
-            decode=decode_options_from_args(args, pack=False),  # see ServerConfig.decode
-            api_key=args.api_key,
-            max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-            max_audio_seconds=args.max_audio_minutes * 60,
-            max_pending=args.max_queue,
-            max_batch=args.max_batch,
-            batch_window_s=args.batch_window_ms / 1000,
-            shutdown_timeout_s=args.shutdown_timeout,
-        )
-        app = create_app(config)
-    except (WhisperZhError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    config = ServerConfig(
+        model=args.model,
+        engine=args.engine,
+        device=args.device,
+        compute_type=args.compute_type,
+        cpu_threads=args.threads,
+        decode=decode_options(args, pack=False),  # see ServerConfig.decode
+        api_key=args.api_key,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_audio_seconds=args.max_audio_minutes * 60,
+        max_pending=args.max_queue,
+        max_batch=args.max_batch,
+        batch_window_s=args.batch_window_ms / 1000,
+        shutdown_timeout_s=args.shutdown_timeout,
+    )
+    app = create_app(config)
     print(
         f"whisper-zh: serving '{args.model}' at http://{args.host}:{args.port}/ "
         f"(API: http://{args.host}:{args.port}/v1, key {'required' if args.api_key else 'not required'})",

@@ -4,60 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
 from whisper_zh.audio import audio_duration
-from whisper_zh.decoding import DEFAULT_ZH_PROMPT, DecodeOptions
-from whisper_zh.errors import AudioError, WhisperZhError
+from whisper_zh.commands.common import add_model_arguments, decode_options, ensure_writable, load_transcriber
+from whisper_zh.errors import AudioError, UsageError
 from whisper_zh.files import atomic_write_text
 from whisper_zh.inputs import expand_inputs
 from whisper_zh.writers import FORMATS, format_transcription
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Model and decoding flags shared by transcribe, evaluate and serve."""
-    parser.add_argument(
-        "--model", default="base", help="model directory, 'base' (embedded), size name or hub id"
-    )
-    parser.add_argument(
-        "--engine", choices=("ctranslate2", "transformers"), default="ctranslate2",
-        help="ctranslate2 (fast, default) or transformers (runs a Transformers checkpoint unconverted)",
-    )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
-    parser.add_argument(
-        "--compute-type", default="int8", help="int8, float16, float32, int8_float16... (default: int8)"
-    )
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: CTranslate2's default)")
-    parser.add_argument("--language", default="zh", help="language code, or 'auto' to detect (default: zh)")
-    parser.add_argument("--beam-size", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=8, help="chunks decoded together (default: 8)")
-    parser.add_argument(
-        "--initial-prompt",
-        default=DEFAULT_ZH_PROMPT,
-        help=f"text that conditions the decoder (default: '{DEFAULT_ZH_PROMPT}'; '' for none)",
-    )
-    parser.add_argument("--hotwords", default=None, help="domain terms to favour, e.g. '深度学习 张三'")
-    parser.add_argument("--script", choices=("simplified", "traditional", "as-is"), default="simplified")
-    parser.add_argument(
-        "--no-vad", action="store_true", help="split long audio every 30 s instead of by voice activity"
-    )
-
-
-def decode_options_from_args(args: argparse.Namespace, **extra: object) -> DecodeOptions:
-    return DecodeOptions(
-        language=None if args.language == "auto" else args.language,
-        beam_size=args.beam_size,
-        batch_size=args.batch_size,
-        initial_prompt=args.initial_prompt or None,
-        hotwords=args.hotwords,
-        script=args.script,
-        vad=not args.no_vad,
-        **extra,  # type: ignore[arg-type]
-    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -74,28 +31,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from whisper_zh.transcriber import Transcriber
-
-    try:
-        sources = expand_inputs(args.inputs)
-        options = decode_options_from_args(args, word_timestamps=args.word_timestamps)
-    except (WhisperZhError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    sources = expand_inputs(args.inputs)
+    options = decode_options(args, word_timestamps=args.word_timestamps)
     if not sources:
-        print("error: no audio files found in the given inputs", file=sys.stderr)
-        return 2
+        raise UsageError("no audio files found in the given inputs")
     output_dir = Path(args.output_dir) if args.output_dir else None
-    if output_dir is not None and (problem := _unwritable(output_dir)):
-        print(f"error: {output_dir}: output directory cannot be written ({problem})", file=sys.stderr)
-        return 2
-    try:
-        transcriber = Transcriber(
-            args.model, engine=args.engine, device=args.device, compute_type=args.compute_type, cpu_threads=args.threads
-        )
-    except WhisperZhError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if output_dir is not None:
+        ensure_writable(output_dir)
+    transcriber = load_transcriber(args)
 
     total_seconds = sum(_safe_duration(s) for s in sources)
     names = _output_names(sources)
@@ -142,16 +85,6 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 1 if failures else 0
-
-
-def _unwritable(directory: Path) -> str | None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
 
 
 def _safe_duration(source: str) -> float:

@@ -1,0 +1,87 @@
+"""What the commands share: the model and decoding flags, and one reader of them.
+
+Flag defaults come from ``DecodeOptions()``, so the CLI, the server and the Python API start from the same
+values. Commands raise :class:`~whisper_zh.errors.WhisperZhError` for anything a user can fix; ``cli.main``
+turns it into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from whisper_zh.decoding import DEFAULT_ZH_PROMPT, SCRIPTS, DecodeOptions
+from whisper_zh.engines import ENGINES
+from whisper_zh.errors import UsageError
+
+DEFAULTS = DecodeOptions()
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model, engine and decoding flags shared by transcribe, evaluate and serve."""
+    parser.add_argument("--model", default="base", help="model directory, 'base' (embedded), size name or hub id")
+    parser.add_argument(
+        "--engine", choices=ENGINES, default=ENGINES[0],
+        help="ctranslate2 (fast, default) or transformers (runs a Transformers checkpoint unconverted; "
+        "no clip packing or word timestamps)",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    parser.add_argument(
+        "--compute-type", default="int8",
+        help="int8 (default), int8_float32 or float32 on a CPU; float16, int8_float16 or bfloat16 on a GPU",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: CTranslate2's default)")
+    parser.add_argument(
+        "--language", default=DEFAULTS.language, help="language code, or 'auto' to detect (default: zh)"
+    )
+    parser.add_argument("--beam-size", type=int, default=DEFAULTS.beam_size)
+    parser.add_argument(
+        "--batch-size", type=int, default=DEFAULTS.batch_size,
+        help=f"windows decoded together (default: {DEFAULTS.batch_size})",
+    )
+    parser.add_argument(
+        "--initial-prompt", default=DEFAULTS.initial_prompt,
+        help=f"text that conditions the decoder (default: '{DEFAULT_ZH_PROMPT}', for Mandarin only; '' for none)",
+    )
+    parser.add_argument("--hotwords", default=DEFAULTS.hotwords, help="domain terms to favour, e.g. '深度学习 张三'")
+    parser.add_argument("--script", choices=SCRIPTS, default=DEFAULTS.script)
+    parser.add_argument(
+        "--no-vad", action="store_true", help="decode long audio straight through instead of cutting it at pauses"
+    )
+
+
+def decode_options(args: argparse.Namespace, **extra: Any) -> DecodeOptions:
+    """The DecodeOptions the shared flags (and ``extra`` fields) ask for."""
+    try:
+        return DEFAULTS.with_(
+            language=None if args.language == "auto" else args.language,
+            beam_size=args.beam_size,
+            batch_size=args.batch_size,
+            initial_prompt=args.initial_prompt or None,
+            hotwords=args.hotwords,
+            script=args.script,
+            vad=not args.no_vad,
+            **extra,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def load_transcriber(args: argparse.Namespace) -> Any:
+    """The Transcriber the shared flags ask for (loading is slow: call it after cheap checks)."""
+    from whisper_zh.transcriber import Transcriber
+
+    return Transcriber(args.model, engine=args.engine, device=args.device, compute_type=args.compute_type,
+                       cpu_threads=args.threads)
+
+
+def ensure_writable(directory: Path) -> None:
+    """Create ``directory`` if needed and check a file can be written in it (fail now, not after an hour)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{directory}: output directory cannot be written ({exc.strerror or exc})") from exc
