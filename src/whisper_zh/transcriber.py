@@ -260,8 +260,9 @@ class _Run:
         return Transcription(file.source, segments, language, file.duration)
 
 
-# A window whose final text ends sooner than this after its start is taken whole (a stream always moves on).
-MIN_ADVANCE = 1.0
+# A window with less final text than this (seconds) is taken whole: nothing in it was final, and a stream must
+# move on. Any longer final part is kept and the stream goes on from its end.
+MIN_STEP = 0.1
 # Speech heard this long after a window's last segment means the decoder stopped early (seconds).
 EARLY_STOP_SLACK = 0.3
 # Text decoded above this temperature (a fallback) is not trusted as the next window's prompt (Whisper's rule).
@@ -303,11 +304,11 @@ class _Stream:
 
     def advance(self, decoded: Decoded, kept: list[RawSegment]) -> list[tuple[AudioFile, float]]:
         window = self.head
-        step = decoded.complete if decoded.complete >= min(MIN_ADVANCE, window.duration) else window.duration
+        step = decoded.complete if decoded.complete >= MIN_STEP else window.duration
         # Whisper sometimes ends a window after a sentence or two although speech goes on (the Mandarin prompt
         # is one short sentence): where VAD hears speech after the last segment, the next window starts there.
         last = max((s.end for s in kept), default=0.0)
-        if kept and last >= MIN_ADVANCE and speech_after(self.file, window.offset + last + EARLY_STOP_SLACK,
+        if kept and last >= MIN_STEP and speech_after(self.file, window.offset + last + EARLY_STOP_SLACK,
                                                           window.offset + step):
             step = min(step, last)
         trusted = kept and all(s.temperature <= PROMPT_RESET_TEMPERATURE for s in kept)

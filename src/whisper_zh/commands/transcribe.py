@@ -14,7 +14,10 @@ from whisper_zh.commands.common import add_model_arguments, decode_options, ensu
 from whisper_zh.errors import AudioError, UsageError
 from whisper_zh.files import atomic_write_text
 from whisper_zh.inputs import expand_inputs
-from whisper_zh.writers import FORMATS, format_transcription
+from whisper_zh.subtitles import CueOptions
+from whisper_zh.writers import CUE_FORMATS, FORMATS, format_transcription
+
+CUE_DEFAULTS = CueOptions()
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,14 +28,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(p)
     p.add_argument("--format", choices=FORMATS, default="txt", help="output file format (default: txt)")
     p.add_argument("--output-dir", default=None, help="write one file per input here (default: stdout only)")
-    p.add_argument("--word-timestamps", action="store_true", help="character/word timestamps (json, tsv)")
+    p.add_argument("--word-timestamps", action="store_true", help="character/word timestamps (json)")
+    cues = p.add_argument_group("subtitle cues (srt, vtt)")
+    cues.add_argument("--max-line-chars", type=int, default=CUE_DEFAULTS.max_line_chars,
+                      help=f"characters per line (default: {CUE_DEFAULTS.max_line_chars})")
+    cues.add_argument("--max-lines", type=int, default=CUE_DEFAULTS.max_lines,
+                      help=f"lines per cue (default: {CUE_DEFAULTS.max_lines})")
+    cues.add_argument("--max-cue-seconds", type=float, default=CUE_DEFAULTS.max_cue_seconds,
+                      help=f"longest time a cue stays on screen (default: {CUE_DEFAULTS.max_cue_seconds:g})")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     sources = expand_inputs(args.inputs)
-    options = decode_options(args, word_timestamps=args.word_timestamps)
+    # Subtitle cues are cut at word times: srt and vtt ask for them.
+    options = decode_options(args, word_timestamps=args.word_timestamps or args.format in CUE_FORMATS)
+    cues = _cue_options(args)
     if not sources:
         raise UsageError("no audio files found in the given inputs")
     output_dir = Path(args.output_dir) if args.output_dir else None
@@ -70,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         if output_dir is not None:
             try:
                 atomic_write_text(
-                    output_dir / f"{names[index]}.{args.format}", format_transcription(result, args.format)
+                    output_dir / f"{names[index]}.{args.format}", format_transcription(result, args.format, cues)
                 )
             except OSError as exc:
                 failures += 1
@@ -85,6 +97,14 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 1 if failures else 0
+
+
+def _cue_options(args: argparse.Namespace) -> CueOptions:
+    try:
+        return CueOptions(max_line_chars=args.max_line_chars, max_lines=args.max_lines,
+                          max_cue_seconds=args.max_cue_seconds)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _safe_duration(source: str) -> float:
