@@ -15,6 +15,7 @@ import ctranslate2
 import numpy as np
 import pytest
 import torch
+from tests.tiny_whisper import build_tiny_random_whisper
 
 from whisper_zh.cli import main as cli_main
 from whisper_zh.convert import (
@@ -27,7 +28,8 @@ from whisper_zh.convert import (
     transformers_to_ct2_dir,
 )
 from whisper_zh.errors import ModelNotFoundError
-from whisper_zh.hf import build_tiny_random_whisper, load_tokenizer, load_transformers_whisper
+from whisper_zh.hf import load_transformers_whisper
+from whisper_zh.hf_parts import load_tokenizer
 from whisper_zh.models import ResolvedModel, embedded_model_dir, resolve_model
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "aishell1-sample-S0150"
