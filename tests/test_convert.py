@@ -300,3 +300,15 @@ def test_cli_convert(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     hf_out = tmp_path / "hf"
     assert cli_main(["convert", str(out), str(hf_out), "--to", "transformers"]) == 0
     assert resolve_model(hf_out).layout == "transformers"
+
+
+def test_cli_convert_output_errors_are_one_line(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert cli_main(["convert", str(tiny_dir), str(blocker / "out"), "--to", "ctranslate2"]) == 2  # a traceback before
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {blocker / 'out'}: cannot write the converted model") and len(err.splitlines()) == 1
+    # --force on a folder that holds the source would delete the source with the old output
+    assert cli_main(["convert", str(tiny_dir), str(tiny_dir.parent), "--to", "ctranslate2", "--force"]) == 2
+    assert "is (or holds) the source model" in capsys.readouterr().err
+    assert tiny_dir.is_dir()
