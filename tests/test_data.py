@@ -235,6 +235,16 @@ def test_audio_folder_with_transcripts(tmp_path):
     assert next(iter(source)).measured_duration() == pytest.approx(clips[0]["duration"], abs=0.01)
 
 
+def test_a_format_that_cannot_read_the_path_is_one_line(tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("", encoding="utf-8")
+    for fmt in ("kaldi", "aishell", "folder"):  # kaldi ended in NotADirectoryError
+        with pytest.raises(DataError, match=f"the {fmt} format is a directory"):
+            load_source(manifest, fmt)
+    with pytest.raises(DataError, match="manifest.jsonl: cannot read it as jsonl data"):
+        load_source(tmp_path, "jsonl")  # a directory without manifest.jsonl
+
+
 def test_detection_errors_and_forced_format(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load_source(tmp_path / "nope" / "x.jsonl")

@@ -68,6 +68,10 @@ def test_unknown_model_name_is_a_clear_error(tmp_path):
         resolve_model("whisper-gigantic")
     with pytest.raises(ModelNotFoundError, match="neither a CTranslate2"):
         resolve_model(str(tmp_path))
+    # a path that does not exist is not a hub id: it used to get "not in the Hugging Face cache ... hf download /x"
+    for path in (str(tmp_path / "gone"), "./gone", "out/run/best", "~/gone"):
+        with pytest.raises(ModelNotFoundError, match=f"^{path}: no such model directory$"):
+            resolve_model(path)
 
 
 def test_hub_id_offline_fails_fast_with_instructions(monkeypatch, tmp_path):

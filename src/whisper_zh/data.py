@@ -76,6 +76,13 @@ DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
     "duration": ("duration", "length"),
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Formats that only a directory can hold, and what it holds.
+_DIRECTORY_FORMATS = {
+    "kaldi": "wav.scp and text",
+    "aishell": "transcript/ and wav/",
+    "folder": "audio files with .txt transcripts",
+    "hf-disk": "a dataset saved with save_to_disk",
+}
 
 
 @dataclass(frozen=True)
@@ -250,7 +257,12 @@ def load_source(
         "commonvoice": _load_commonvoice,
         "folder": _load_folder,
     }[fmt]
-    utterances, problems = loader(path, split=split, columns=columns, check_audio=check_audio)
+    if fmt in _DIRECTORY_FORMATS and not path.is_dir():
+        raise DataError(f"{spec}: the {fmt} format is a directory ({_DIRECTORY_FORMATS[fmt]}), not a file")
+    try:
+        utterances, problems = loader(path, split=split, columns=columns, check_audio=check_audio)
+    except OSError as exc:  # a file the format needs is missing or unreadable
+        raise DataError(f"{exc.filename or spec}: cannot read it as {fmt} data ({exc.strerror or exc})") from exc
     utterances = _drop_duplicate_ids(utterances, problems)
     if limit is not None:
         utterances = utterances[:limit]
