@@ -23,7 +23,6 @@ from whisper_zh.convert import (
     ct2_to_transformers_dir,
     ensure_ctranslate2,
     ensure_transformers,
-    hf_state_dict_numpy,
     read_ct2_model_bin,
     transformers_to_ct2_dir,
 )
@@ -35,6 +34,11 @@ from whisper_zh.models import ResolvedModel, embedded_model_dir, resolve_model
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "aishell1-sample-S0150"
 PROMPT = [50258, 50260, 50359, 50363]  # <|startoftranscript|><|zh|><|transcribe|><|notimestamps|>
 EOT = 50257
+
+
+def hf_state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """A model's state dict as float32 numpy arrays, for tensor-by-tensor comparison."""
+    return {k: t.detach().to("cpu").float().numpy() for k, t in model.state_dict().items()}
 # Two short clips whose greedy transcripts are not repetition loops (AISHELL-1, speaker S0150).
 CLIPS = ("BAC009S0150W0001", "BAC009S0150W0251")
 # Logit tolerance, CT2 float32 vs Transformers float32 on identical weights and features. Measured: at most

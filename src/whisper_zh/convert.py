@@ -23,16 +23,13 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from whisper_zh.errors import ModelNotFoundError, WhisperZhError
 from whisper_zh.files import atomic_dir
 from whisper_zh.models import ResolvedModel, cache_dir, detect_layout
-
-if TYPE_CHECKING:
-    import torch
 
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
 # What a Transformers checkpoint is stored as when converted for decoding: float16, as the embedded base is
@@ -414,8 +411,3 @@ def ensure_transformers(resolved: ResolvedModel) -> Path:
     name = _slug(resolved.path) if resolved.source == "embedded" else f"{_slug(resolved.path)}-{key[:10]}"
     target = cache_dir() / "models" / f"{name}-hf"
     return _cached(target, key, lambda: _ct2_to_hf_builder(resolved.path))
-
-
-def hf_state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
-    """A model's state dict as float32 numpy arrays (for tensor-by-tensor comparison)."""
-    return {k: t.detach().to("cpu").float().numpy() for k, t in model.state_dict().items()}
