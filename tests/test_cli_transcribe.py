@@ -129,6 +129,17 @@ def test_unknown_model_and_unwritable_output(example_clips, tmp_path, capsys):
     assert err.startswith("error:") and "cannot be written" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("flags", "cause"),
+    [(["--language", "xx"], "unknown language 'xx'"), (["--threads", "-1"], "--threads -1"),
+     (["--max-cue-seconds", "0.5", "--format", "srt"], "max_cue_seconds")],
+)
+def test_flag_values_that_cannot_work_are_one_line_errors(example_clips, capsys, flags, cause):
+    assert main(["transcribe", example_clips[0]["path"], *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and cause in err and len(err.splitlines()) == 1, err
+
+
 def test_output_names_are_distinct_by_construction(example_clips, tmp_path, capsys):
     """a/x.flac, b/x.flac and x-1.flac were named x, x-1, x-1: one transcript was lost, with exit status 0."""
     first, second = (Path(clip["path"]) for clip in example_clips)

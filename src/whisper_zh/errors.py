@@ -7,8 +7,8 @@ class WhisperZhError(Exception):
     """Base class for every error whisper-zh raises on purpose."""
 
 
-class UsageError(WhisperZhError):
-    """A flag, option or path the user gave that cannot work as given."""
+class UsageError(WhisperZhError, ValueError):
+    """A flag, option or argument the user gave that cannot work as given (also a ValueError, for API callers)."""
 
 
 class AudioError(WhisperZhError):

@@ -28,7 +28,7 @@ from whisper_zh.chunking import (
 )
 from whisper_zh.decoding import DecodeOptions, compression_ratio
 from whisper_zh.engines import Decoded, Decoder, Engine, RawSegment, load_decoder
-from whisper_zh.errors import AudioError
+from whisper_zh.errors import AudioError, UsageError
 from whisper_zh.models import resolve_model
 from whisper_zh.results import Transcription
 from whisper_zh.segments import Piece, build_segments
@@ -132,8 +132,7 @@ class Transcriber:
 
         Inputs are read until ``group_seconds`` of audio are held, then decoded together."""
         options = options or DecodeOptions()
-        if options.word_timestamps and not self.decoder.aligns_words:
-            raise ValueError(f"word timestamps need the ctranslate2 engine, not {self.decoder.name}")
+        self.check(options)
         group: list[AudioFile] = []
         held = 0.0
         for index, source in enumerate(inputs):
@@ -149,6 +148,16 @@ class Transcriber:
                 group, held = [], 0.0
         if group:
             yield from _Run(self.decoder, options, on_progress).transcribe(group)
+
+
+    def check(self, options: DecodeOptions) -> None:
+        """Refuse options this model or engine cannot honour, before any audio is read."""
+        if options.word_timestamps and not self.decoder.aligns_words:
+            raise UsageError(f"word timestamps need the ctranslate2 engine, not {self.decoder.name}")
+        if options.language and options.language not in self.languages:
+            known = "en only (an English-only model)" if self.languages == {"en"} else "e.g. zh, en, yue, ja"
+            raise UsageError(f"unknown language '{options.language}' for this model: use a language code "
+                             f"({known}) or 'auto'")
 
 
 class _Run:

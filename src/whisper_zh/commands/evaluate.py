@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir or _default_output_dir(args.model, args.data))
     ensure_writable(output_dir)  # fail now, not after an hour of transcription
     started = time.perf_counter()
-    transcriber = load_transcriber(args)
+    transcriber = load_transcriber(args, options)
     load_seconds = time.perf_counter() - started
     result = evaluate(
         transcriber,

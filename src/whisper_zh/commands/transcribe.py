@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir) if args.output_dir else None
     if output_dir is not None:
         ensure_writable(output_dir)
-    transcriber = load_transcriber(args)
+    transcriber = load_transcriber(args, options)
 
     total_seconds = sum(_safe_duration(s) for s in sources)
     bar = tqdm(
