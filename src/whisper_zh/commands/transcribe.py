@@ -27,6 +27,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", default=None, help="write one file per input here (default: stdout only)")
     p.add_argument("--word-timestamps", action="store_true", help="character/word timestamps (json, tsv)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument(
+        "--allow-truncated", action="store_true",
+        help="transcribe the part of a file cut short that decodes (with a warning) instead of failing on it",
+    )
     p.set_defaults(func=run)
 
 
@@ -56,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     audio_seconds = 0.0
     multiple = len(sources) > 1
     for index, result in transcriber.transcribe_iter(
-        sources, options, on_progress=lambda s: bar.update(round(s, 1))
+        sources, options, on_progress=lambda s: bar.update(round(s, 1)), allow_truncated=args.allow_truncated
     ):
         source = sources[index]
         done += 1
