@@ -103,7 +103,10 @@ async def _answer(state: ServerState, upload: UploadFile, request: Transcription
     seconds = len(audio) / SAMPLE_RATE
     future = slot.submit(audio, options, seconds=seconds)  # the slot is released when the job is done
     del audio
-    result = await asyncio.wrap_future(future)
+    try:
+        result = await asyncio.wrap_future(future)
+    except QueueClosedError as exc:  # the server began shutting down between admission and submission
+        raise _shutting_down(exc) from exc
     if isinstance(result, AudioError):
         raise audio_error(result)
     state.metrics.audio_seconds.inc(seconds)
@@ -116,8 +119,11 @@ def _admit(state: ServerState) -> Slot:
     except QueueFullError as exc:
         raise queue_full(exc) from exc
     except QueueClosedError as exc:
-        raise ApiError(503, str(exc), type_="server_error", code="shutting_down",
-                       headers={"Retry-After": "5"}) from exc
+        raise _shutting_down(exc) from exc
+
+
+def _shutting_down(exc: QueueClosedError) -> ApiError:
+    return ApiError(503, str(exc), type_="server_error", code="shutting_down", headers={"Retry-After": "5"})
 
 
 def _model_card(state: ServerState, name: str) -> dict[str, Any]:
