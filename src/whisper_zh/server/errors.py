@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from whisper_zh.errors import AudioError, AudioTooLongError, TruncatedAudioError
+from whisper_zh.server.queue import QueueClosedError, QueueFullError
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,14 @@ def too_large(limit: int) -> ApiError:
     return ApiError(
         413, f"upload too large: the limit is {limit / (1 << 20):.0f} MB", param="file", code="file_too_large"
     )
+
+
+def queue_refused(exc: QueueFullError | QueueClosedError) -> ApiError:
+    """The answer when the model queue admits nothing: full (429, with its Retry-After) or closing (503)."""
+    if isinstance(exc, QueueFullError):
+        return ApiError(429, str(exc), type_="requests", code="rate_limit_exceeded",
+                        headers={"Retry-After": str(exc.retry_after)})
+    return ApiError(503, str(exc), type_="server_error", code="shutting_down", headers={"Retry-After": "5"})
 
 
 def audio_error(exc: AudioError) -> ApiError:

@@ -21,9 +21,9 @@ import time
 from typing import Any
 
 from whisper_zh.server.config import ServerConfig
-from whisper_zh.server.errors import ApiError, BodyError, too_large
+from whisper_zh.server.errors import ApiError, BodyError, queue_refused, too_large
 from whisper_zh.server.metrics import ServerMetrics
-from whisper_zh.server.queue import BatchingQueue, QueueFullError
+from whisper_zh.server.queue import BatchingQueue
 from whisper_zh.server.security import origin_allowed
 from whisper_zh.server.uploads import UploadGate, UploadPermit
 
@@ -109,16 +109,7 @@ class Guard:
     def _model_queue_refusal(self) -> ApiError | None:
         """The model queue is full or closing: say so before the client sends its upload."""
         refusal = self.queue.refusal()
-        if refusal is None:
-            return None
-        if isinstance(refusal, QueueFullError):
-            return queue_full(refusal)
-        return ApiError(503, str(refusal), type_="server_error", code="shutting_down", headers={"Retry-After": "5"})
-
-
-def queue_full(exc: QueueFullError) -> ApiError:
-    return ApiError(429, str(exc), type_="requests", code="rate_limit_exceeded",
-                    headers={"Retry-After": str(exc.retry_after)})
+        return None if refusal is None else queue_refused(refusal)
 
 
 class _BodyReader:

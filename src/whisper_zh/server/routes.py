@@ -17,10 +17,9 @@ from starlette.concurrency import run_in_threadpool
 
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.errors import AudioError
-from whisper_zh.server.errors import ApiError, audio_error
+from whisper_zh.server.errors import audio_error, queue_refused
 from whisper_zh.server.formats import format_response
 from whisper_zh.server.forms import TranscriptionRequest
-from whisper_zh.server.guard import queue_full
 from whisper_zh.server.queue import QueueClosedError, QueueFullError, Slot
 from whisper_zh.server.state import ServerState, server_state
 from whisper_zh.server.streaming import stream_response
@@ -106,7 +105,7 @@ async def _answer(state: ServerState, upload: UploadFile, request: Transcription
     try:
         result = await asyncio.wrap_future(future)
     except QueueClosedError as exc:  # the server began shutting down between admission and submission
-        raise _shutting_down(exc) from exc
+        raise queue_refused(exc) from exc
     if isinstance(result, AudioError):
         raise audio_error(result)
     state.metrics.audio_seconds.inc(seconds)
@@ -116,14 +115,8 @@ async def _answer(state: ServerState, upload: UploadFile, request: Transcription
 def _admit(state: ServerState) -> Slot:
     try:
         return state.queue.acquire()
-    except QueueFullError as exc:
-        raise queue_full(exc) from exc
-    except QueueClosedError as exc:
-        raise _shutting_down(exc) from exc
-
-
-def _shutting_down(exc: QueueClosedError) -> ApiError:
-    return ApiError(503, str(exc), type_="server_error", code="shutting_down", headers={"Retry-After": "5"})
+    except (QueueFullError, QueueClosedError) as exc:
+        raise queue_refused(exc) from exc
 
 
 def _model_card(state: ServerState, name: str) -> dict[str, Any]:
