@@ -63,8 +63,10 @@ def test_resamples_and_downmixes(tmp_path, clip):
         (lambda p: (p.write_bytes(b""), p)[1], "empty"),
         (lambda p: (p.write_text("这不是音频 just some text\n" * 50), p)[1], "cannot decode"),
         (lambda p: (sf.write(p, np.zeros(16000, np.float32), 16000), p)[1], "silent"),
+        (lambda p: (p.write_bytes(b"RIFF....WAVEfmt not really audio"), p)[1], "cannot decode"),
+        (lambda p: (p.write_bytes(b"RIFF\xff\xff\xff\xffWAVEfmt \x10\0\0\0\x01\0"), p)[1], "cannot decode"),
     ],
-    ids=["missing", "zero-length", "not-audio", "silent"],
+    ids=["missing", "zero-length", "not-audio", "silent", "riff-garbage", "riff-cut-in-fmt"],
 )
 def test_bad_input_errors_name_file_and_cause(tmp_path, make, reason):
     path = make(tmp_path / "bad.wav")

@@ -328,7 +328,10 @@ def _wav_declared_frames(stream: BinaryIO) -> int | None:
             return None
         kind, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
         if kind == b"fmt " and size >= 16:
-            block_align = struct.unpack("<H", stream.read(16)[12:14])[0]
+            fmt = stream.read(16)
+            if len(fmt) < 16:
+                return None
+            block_align = struct.unpack("<H", fmt[12:14])[0]
             stream.seek(size - 16 + (size & 1), io.SEEK_CUR)
         elif kind == b"data":
             # 0 and 0xFFFFFFFF are what streaming writers leave when they cannot go back to fill the size in
