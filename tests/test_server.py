@@ -605,6 +605,14 @@ def test_unknown_language_is_a_400_naming_it_before_the_queue(server, manifest):
     assert httpx.get(f"{server}/health").json()["queue"]["in_flight"] == 0
 
 
+def test_unknown_default_language_stops_the_server_before_it_starts(transcriber):
+    from whisper_zh.decoding import DecodeOptions
+    from whisper_zh.errors import UsageError
+
+    with pytest.raises(UsageError, match="--language xx"):
+        create_app(ServerConfig(decode=DecodeOptions(language="xx", pack=False)), transcriber=transcriber)
+
+
 class _Recording:
     """The real Transcriber, with the options of every batch it is asked to decode written down."""
 

@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from whisper_zh.decoding import DecodeOptions
+from whisper_zh.errors import UsageError
 from whisper_zh.server.config import ServerConfig
 from whisper_zh.server.errors import install_error_handlers
 from whisper_zh.server.forms import ServedModel
@@ -71,6 +72,10 @@ def build_state(config: ServerConfig, transcriber: Any = None) -> ServerState:
         engine=str(getattr(transcriber, "engine", config.engine)),  # the engine that runs, not the one asked for
         created=int(time.time()),
     )
+    default = config.decode.language
+    if default is not None and served.languages and default not in served.languages:
+        raise UsageError(f"--language {default}: not a language model '{served.name}' knows (use a code such as "
+                         "zh, en or yue, or auto)")
     return ServerState(config, transcriber, queue, uploads, metrics, served)
 
 
