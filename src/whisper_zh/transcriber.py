@@ -112,11 +112,13 @@ class Transcriber:
         options: DecodeOptions | None = None,
         *,
         on_progress: ProgressCallback | None = None,
+        allow_truncated: bool = False,
     ) -> list[Transcription | AudioError]:
         """Transcribe many inputs, batching their windows; a bad input yields its AudioError in its slot."""
         items = list(inputs)
         results: list[Transcription | AudioError | None] = [None] * len(items)
-        for index, result in self.transcribe_iter(items, options, on_progress=on_progress):
+        for index, result in self.transcribe_iter(items, options, on_progress=on_progress,
+                                                  allow_truncated=allow_truncated):
             results[index] = result
         return results  # type: ignore[return-value]
 
@@ -127,6 +129,7 @@ class Transcriber:
         *,
         on_progress: ProgressCallback | None = None,
         group_seconds: float = GROUP_SECONDS,
+        allow_truncated: bool = False,
     ) -> Iterator[tuple[int, Transcription | AudioError]]:
         """Yield (input index, result) as groups of inputs finish; errors are yielded as soon as they are found.
 
@@ -137,7 +140,7 @@ class Transcriber:
         held = 0.0
         for index, source in enumerate(inputs):
             try:
-                audio = load_audio(source)
+                audio = load_audio(source, allow_truncated=allow_truncated)
             except AudioError as exc:
                 yield index, exc
                 continue

@@ -48,6 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     cues.add_argument("--max-cue-seconds", type=float, default=CUE_DEFAULTS.max_cue_seconds,
                       help=f"longest time a cue stays on screen (default: {CUE_DEFAULTS.max_cue_seconds:g})")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument(
+        "--allow-truncated", action="store_true",
+        help="transcribe the part of a file cut short that decodes (with a warning) instead of failing on it",
+    )
     p.set_defaults(func=run)
 
 
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     audio_seconds = 0.0
     multiple = len(sources) > 1
     for index, result in transcriber.transcribe_iter(
-        sources, options, on_progress=lambda s: bar.update(round(s, 1))
+        sources, options, on_progress=lambda s: bar.update(round(s, 1)), allow_truncated=args.allow_truncated
     ):
         source = sources[index]
         done += 1
