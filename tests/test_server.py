@@ -642,8 +642,9 @@ def test_language_auto_keeps_the_mandarin_prompt(transcriber, manifest):
 
 
 def test_health_reports_the_engine_that_runs(server, tmp_path):
+    from tests.tiny_whisper import build_tiny_random_whisper
+
     from whisper_zh import Transcriber
-    from whisper_zh.hf import build_tiny_random_whisper
 
     assert httpx.get(f"{server}/health").json()["engine"] == "ctranslate2"
     tiny = Transcriber(str(build_tiny_random_whisper(tmp_path / "tiny")), engine="transformers")
