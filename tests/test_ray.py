@@ -312,3 +312,34 @@ def test_pseudo_label_manifest_feeds_evaluate(cluster, aishell_rows, tmp_path, c
 
     source = load_source(out / "manifest.jsonl")
     assert [u.audio for u in source] == [r["audio"] for r in rows] and not source.problems
+
+
+def test_a_group_whose_worker_always_dies_is_reported_and_the_job_goes_on(cluster, tmp_path, monkeypatch):
+    """A file that kills its worker every time: Ray replaces the worker and retries the group --max-retries
+    times, then the job records the group's files as failed and finishes the others."""
+    from whisper_zh.distributed import pipeline
+    from whisper_zh.distributed.worker import TranscribeWorker, WorkerSpec
+
+    class DyingWorker(TranscribeWorker):
+        def __init__(self, spec: WorkerSpec) -> None:  # no model: this test is about the worker's death
+            self.spec, self.worker, self.model = spec, f"test:{os.getpid()}", "{}"
+
+        def transcribe(self, group):
+            if any("poison" in item.key for item in group):
+                with open(attempts, "a", encoding="utf-8") as log:
+                    log.write(f"{os.getpid()}\n")
+                os._exit(1)
+            return [f"{item.key}: checked" for item in group]
+
+    attempts = str(tmp_path / "attempts")
+    monkeypatch.setattr(pipeline, "TranscribeWorker", DyingWorker)
+    items = [Item("/a/one.wav", "one", 1.0), Item("/a/poison.wav", "poison", 1.0), Item("/a/two.wav", "two", 1.0)]
+    store = ResultStore(tmp_path)
+    store.claim({"model": "none"})
+    options = pipeline.RayOptions(num_workers=1, max_retries=1, group_seconds=1.0)
+    summary = pipeline.run_job(items, store, WorkerSpec(), options, progress=False)
+    reasons = {o.key: o.error for o in summary.failures}
+    assert reasons == {"/a/one.wav": "/a/one.wav: checked", "/a/two.wav": "/a/two.wav: checked",
+                       "/a/poison.wav": "/a/poison.wav: not transcribed: its worker died 2 times"}
+    assert len((store.root / "errors.jsonl").read_text(encoding="utf-8").splitlines()) == 3
+    assert len(set(Path(attempts).read_text(encoding="utf-8").split())) == 2  # two worker processes died on it

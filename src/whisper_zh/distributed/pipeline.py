@@ -70,6 +70,8 @@ class JobSummary:
     wall_seconds: float = 0.0
     workers: int = 0
     peak_rss_mb: dict[str, float] = field(default_factory=dict)  # per actor process (host:pid)
+    busy_seconds: float = 0.0  # wall seconds the actors spent decoding (the rest of their time: startup, waiting)
+    cpu_seconds: float = 0.0  # CPU seconds the actors spent decoding
     failures: list[Outcome] = field(default_factory=list)
 
     @property
@@ -79,7 +81,7 @@ class JobSummary:
     def line(self) -> str:
         """The one-line summary the commands print."""
         rtf = self.real_time_factor
-        speed = f", {self.audio_seconds / self.wall_seconds:.2f} audio-s/s" if self.wall_seconds else ""
+        speed = f", {self.audio_seconds / self.wall_seconds:.2f} audio-s/s" if self.audio_seconds else ""
         rss = sorted(self.peak_rss_mb.values())
         memory = f", peak RSS per worker {rss[0]:.0f}-{rss[-1]:.0f} MB" if rss else ""
         return (
@@ -87,6 +89,8 @@ class JobSummary:
             f"files; {self.audio_seconds / 3600:.3f} h of audio in {self.wall_seconds:.1f} s"
             + (f", real-time factor {rtf:.3f}" if rtf is not None else "") + speed
             + f"; {self.workers} workers{memory}"
+            + (f", busy {self.busy_seconds / (self.workers * self.wall_seconds):.0%} of the time"
+               if self.workers and self.wall_seconds else "")
         )
 
 
@@ -224,6 +228,8 @@ def _consume(dataset: Any, store: ResultStore, summary: JobSummary, pending: lis
             for outcome, worker, rss in zip(outcomes, batch["worker"], batch["rss_mb"], strict=True):
                 _count(summary, outcome, str(worker), float(rss))
                 seen.add(outcome.key)
+            summary.busy_seconds += float(sum(batch["busy_s"]))
+            summary.cpu_seconds += float(sum(batch["cpu_s"]))
             bar.update(round(sum(o.duration for o in outcomes), 1))
             bar.set_description(f"{summary.done + summary.failed}/{len(pending)} files")
     return seen

@@ -108,8 +108,8 @@ class ResultStore:
             except (OSError, json.JSONDecodeError) as exc:
                 raise UsageError(f"{path}: cannot read the earlier job's settings ({exc})") from exc
             if old != settings:
-                changed = sorted(k for k in settings.keys() | (old or {}).keys()
-                                 if (old or {}).get(k) != settings.get(k))
+                before, now = _flat(old or {}), _flat(settings)
+                changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
                 raise UsageError(
                     f"{self.root}: holds results made with other settings ({', '.join(changed)} differ); "
                     "use another --output-dir, or delete it to start again"
@@ -166,6 +166,17 @@ class ResultStore:
         if self.shard_dir.is_dir():
             for path in self.shard_dir.glob(".part-*.tmp"):
                 path.unlink(missing_ok=True)
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"decoding": {"beam_size": 5}} -> {"decoding.beam_size": 5}, to name exactly what changed."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _lines(path: Path) -> Iterator[str]:

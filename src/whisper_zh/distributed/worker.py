@@ -15,6 +15,7 @@ import os
 import resource
 import socket
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,7 +29,8 @@ from whisper_zh.results import Transcription
 logger = logging.getLogger(__name__)
 
 # The columns a worker returns, one value per input.
-COLUMNS = ("key", "name", "duration", "transcription", "error", "worker", "rss_mb", "model")
+# busy_s and cpu_s: the wall and CPU seconds the worker spent on the row's group, shared equally by its rows.
+COLUMNS = ("key", "name", "duration", "transcription", "error", "worker", "rss_mb", "model", "busy_s", "cpu_s")
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,14 @@ class TranscribeWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         rows: list[tuple[Item, Transcription | str]] = []
+        busy: list[float] = []
+        cpu: list[float] = []
         for payload in batch["items"]:
             group = decode_group(str(payload))
+            started, cpu_started = time.perf_counter(), time.process_time()
             rows += zip(group, self.transcribe(group), strict=True)
+            busy += [(time.perf_counter() - started) / len(group)] * len(group)
+            cpu += [(time.process_time() - cpu_started) / len(group)] * len(group)
         rss = peak_rss_mb()
         return {
             "key": [item.key for item, _ in rows],
@@ -71,6 +78,8 @@ class TranscribeWorker:
             "worker": [self.worker] * len(rows),
             "rss_mb": [rss] * len(rows),
             "model": [self.model] * len(rows),
+            "busy_s": busy,
+            "cpu_s": cpu,
         }
 
     def transcribe(self, group: list[Item]) -> list[Transcription | str]:
