@@ -194,6 +194,46 @@ def front_end_cost(rows: list[dict]) -> dict:
             "flac_bytes_per_audio_s": bytes_per_second}
 
 
+def ray_task_overhead(sample: dict, files_per_group: int, runs: tuple[int, int] = (20, 600)) -> dict:
+    """Ray's own cost per group, without decoding: the job runs in this process (the driver) with workers that
+    return a real transcription (``sample``) for every file at once. Two sizes, so the fixed part cancels out:
+    the driver's CPU seconds and the wall seconds per extra group (``files_per_group`` results each)."""
+    import tempfile
+
+    from whisper_zh.distributed import pipeline
+    from whisper_zh.distributed.plan import Item
+    from whisper_zh.distributed.store import ResultStore, transcription_from_dict
+    from whisper_zh.distributed.worker import TranscribeWorker, WorkerSpec
+
+    canned = transcription_from_dict(sample)
+
+    class CannedWorker(TranscribeWorker):
+        def __init__(self, spec: WorkerSpec) -> None:  # no model: only Ray's cost is measured
+            self.spec, self.worker, self.model = spec, f"canned:{os.getpid()}", "{}"
+
+        def transcribe(self, group: list) -> list:
+            return [canned for _ in group]
+
+    real, pipeline.TranscribeWorker = pipeline.TranscribeWorker, CannedWorker
+    measured = []
+    try:
+        for groups in runs:
+            items = [Item(f"/corpus/{g:05d}/{i:03d}.flac", f"{g:05d}-{i:03d}", 300 / files_per_group)
+                     for g in range(groups) for i in range(files_per_group)]
+            with tempfile.TemporaryDirectory() as tmp:
+                store = ResultStore(tmp)
+                store.claim({"bench": "overhead"})
+                started, cpu = time.perf_counter(), time.process_time()
+                pipeline.run_job(items, store, WorkerSpec(), pipeline.RayOptions(num_workers=2), progress=False)
+                measured.append((time.perf_counter() - started, time.process_time() - cpu))
+    finally:
+        pipeline.TranscribeWorker = real
+    (wall_a, cpu_a), (wall_b, cpu_b) = measured
+    extra = runs[1] - runs[0]
+    return {"files_per_group": files_per_group, "runs": runs, "measured": measured,
+            "driver_cpu_per_group": (cpu_b - cpu_a) / extra, "wall_per_group_2_workers": (wall_b - wall_a) / extra}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Reporting
 
@@ -242,43 +282,50 @@ def _cpu(kinds: dict, *names: str) -> float:
     return sum(kinds.get(name, {}).get("cpu_s", 0.0) for name in names)
 
 
-def scaling_model(stats: dict, audio: float, fixed: dict, front: dict, threads: int, gpu_rtf: float) -> str:
-    """Hours of audio per hour of wall time, from the marginal CPU cost per audio second of each kind of process
-    (a full run minus the one-clip run), the fixed cost, and the GPU front end (see RESULTS.md)."""
+def scaling_model(stats: dict, audio: float, fixed: dict, front: dict, overhead: dict, threads: int,
+                  gpu_rtf: float, clip_seconds: float) -> str:
+    """Hours of audio per hour of wall time, from measured costs: a worker's marginal CPU per audio second (a full
+    run minus the one-clip run), the driver's CPU per group (Ray's task overhead, measured without decoding), the
+    fixed cost and the CPU front end of a GPU worker (see RESULTS.md)."""
     full = stats[f"ray-{threads}x1"]["runs"][-1]["kinds"]
     one, extra_audio = fixed["kinds"], audio - fixed["audio_s"]
     # Every worker loads its model once (the one-clip job's worker cost): take that out before dividing.
     worker = (_cpu(full, "worker") - threads * _cpu(one, "worker")) / extra_audio
-    central = max(_cpu(full, "driver", "gcs_server") - _cpu(one, "driver", "gcs_server"), 0.0) / extra_audio
     node = max(_cpu(full, "raylet") - _cpu(one, "raylet"), 0.0) / extra_audio
+    group_audio = 300.0  # --group-seconds' default: audio per group
+    files = group_audio / clip_seconds
+    per_group = overhead["driver_cpu_per_group"] * files / overhead["files_per_group"]
+    central = group_audio / per_group  # audio-s per s the driver's one core can take in
     front_cpu = front["read_cpu_per_audio_s"] + front["mel_cpu_per_audio_s"]
     cores, corpus_h = 16, 1000.0
     lines = [
-        f"Marginal costs measured here: a 1-thread worker {worker:.3f} CPU-s per audio-s; driver + GCS "
-        f"{central:.5f} CPU-s per audio-s (central: one process each, whatever the cluster's size); raylet "
-        f"{node:.5f} per audio-s (one per node). Fixed: {fixed['wall_s']:.0f} s wall, "
-        f"{sum(k['cpu_s'] for k in one.values()):.0f} CPU-s for a one-clip job. What stays on the CPU of a GPU "
-        f"worker: {front_cpu:.4f} CPU-s per audio-s (reading FLAC {front['read_cpu_per_audio_s']:.4f} + log-mel "
-        f"{front['mel_cpu_per_audio_s']:.4f}). Input: {front['flac_bytes_per_audio_s'] / 1000:.1f} kB per audio-s.",
+        f"Measured here: a 1-thread worker {worker:.3f} CPU-s per audio-s; raylet {node:.5f} CPU-s per audio-s (one "
+        f"per node); Ray's task overhead {1000 * overhead['driver_cpu_per_group']:.1f} ms of driver CPU and "
+        f"{1000 * overhead['wall_per_group_2_workers']:.0f} ms of wall per group of "
+        f"{overhead['files_per_group']} results (2 workers, no decoding); fixed cost {fixed['wall_s']:.0f} s wall, "
+        f"{sum(k['cpu_s'] for k in one.values()):.0f} CPU-s (a one-clip job). A GPU worker's CPU front end: "
+        f"{front_cpu:.4f} CPU-s per audio-s (reading FLAC {front['read_cpu_per_audio_s']:.4f} + log-mel "
+        f"{front['mel_cpu_per_audio_s']:.4f}), so one core feeds at most {1 / front_cpu:.0f} audio-s/s. Input: "
+        f"{front['flac_bytes_per_audio_s'] / 1000:.1f} kB per audio-s. Groups of {group_audio:.0f} s "
+        f"({files:.0f} clips of {clip_seconds:.2f} s).",
         "",
-        f"| cluster | compute limit (audio-s/s) | central limit (audio-s/s) | input read MB/s | "
+        f"| cluster | workers' limit (audio-s/s) | driver's limit (audio-s/s) | input read MB/s | "
         f"hours of audio per wall hour ({corpus_h:.0f} h corpus) | limited by |",
         "|---|---|---|---|---|---|",
     ]
-    central_limit = 1 / central if central > 0 else float("inf")
-    setups = [(f"{n} CPU node{'s' if n > 1 else ''} x {cores} cores", n * cores / (worker + node), "CPU decoding")
-              for n in (1, 8, 64)]
+    setups = [(f"{n} CPU node{'s' if n > 1 else ''} x {cores} cores", n * cores / (worker + node), "CPU decoding",
+               group_audio * worker) for n in (1, 8, 64)]
     # A GPU worker decodes at 1/gpu_rtf (assumed, not measured here); its CPU front end runs in the actor's own
     # process on one core: the slower of the two sets the worker's rate.
     for g in (1, 8):
-        gpu_bound = 1 / gpu_rtf <= 1 / front_cpu
-        setups.append((f"{g} GPU{'s' if g > 1 else ''} (1 CPU each)", g * min(1 / gpu_rtf, 1 / front_cpu),
-                       "GPU decoding (assumed rate)" if gpu_bound else "the worker's CPU front end"))
-    for label, compute, bound in setups:
-        rate = min(compute, central_limit)
-        wall_h = (corpus_h * 3600 / rate + fixed["wall_s"]) / 3600
-        limit = "the driver (central)" if central_limit < compute else bound
-        lines.append(f"| {label} | {compute:.0f} | {central_limit:.0f} | "
+        rate = min(1 / gpu_rtf, 1 / front_cpu)
+        bound = "GPU decoding (assumed rate)" if 1 / gpu_rtf <= 1 / front_cpu else "the worker's CPU front end"
+        setups.append((f"{g} GPU{'s' if g > 1 else ''} (1 CPU each)", g * rate, bound, group_audio / rate))
+    for label, compute, bound, tail in setups:
+        rate = min(compute, central)
+        wall_h = (corpus_h * 3600 / rate + fixed["wall_s"] + tail) / 3600  # start-up, then the last group's tail
+        limit = "the driver (one core)" if central < compute else bound
+        lines.append(f"| {label} | {compute:.0f} | {central:.0f} | "
                      f"{rate * front['flac_bytes_per_audio_s'] / 1e6:.2f} | {corpus_h / wall_h:.0f} | {limit} |")
     return "\n".join(lines)
 
@@ -291,27 +338,27 @@ def main() -> int:
     parser.add_argument("--gpu-rtf", type=float, default=0.005,
                         help="assumed real-time factor of one GPU decoding Whisper base (not measurable here)")
     parser.add_argument("--out", default="out/bench/ray")
+    parser.add_argument("--from-results", action="store_true",
+                        help="reuse the contender runs saved in OUT/results.json; measure the model's inputs again")
     args = parser.parse_args()
     rows = clips(args.clips)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = out / "clips.jsonl"
-    manifest.write_text("".join(json.dumps({"audio": r["path"]}) + "\n" for r in rows), encoding="utf-8")
     names = ["plain", f"ray-1x{args.threads}", f"ray-{args.threads}x1"]
-    results = []
-    for repeat in range(args.repeats):
-        order = names[repeat % len(names):] + names[: repeat % len(names)]
-        for name in order:
-            print(f"repeat {repeat + 1}: {name} ...", file=sys.stderr, flush=True)
-            results.append(run_contender(name, manifest, rows, out / name, args.threads))
-            print(f"  {results[-1]['wall_s']} s wall, {results[-1]['cpu_s']} CPU s {results[-1]['summary']}",
-                  file=sys.stderr, flush=True)
+    if args.from_results:
+        results = json.loads((out / "results.json").read_text(encoding="utf-8"))["results"]
+    else:
+        results = run_contenders(rows, out, names, args)
     fixed = fixed_cost(rows, out)
     front = front_end_cost(rows)
+    shard = next((out / f"ray-{args.threads}x1" / "shards").glob("part-*.jsonl"))
+    sample = json.loads(shard.read_text(encoding="utf-8").splitlines()[0])["transcription"]
+    overhead = ray_task_overhead(sample, files_per_group=64)
     audio = sum(r["duration"] for r in rows)
     table, stats = contender_table(results, rows)
-    (out / "results.json").write_text(json.dumps({"results": results, "fixed_s": fixed, "front": front},
-                                                 ensure_ascii=False, indent=1), encoding="utf-8")
+    (out / "results.json").write_text(json.dumps({"results": results, "fixed": fixed, "front": front,
+                                                  "overhead": overhead}, ensure_ascii=False, indent=1),
+                                      encoding="utf-8")
     print(table)
     print()
     print(cpu_breakdown(stats, audio))
@@ -320,8 +367,22 @@ def main() -> int:
                                           strict=True))
         print(f"transcripts identical to plain's: {name} {same}/{len(rows)}")
     print()
-    print(scaling_model(stats, audio, fixed, front, args.threads, args.gpu_rtf))
+    print(scaling_model(stats, audio, fixed, front, overhead, args.threads, args.gpu_rtf, audio / len(rows)))
     return 0
+
+
+def run_contenders(rows: list[dict], out: Path, names: list[str], args: argparse.Namespace) -> list[dict]:
+    manifest = out / "clips.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": r["path"]}) + "\n" for r in rows), encoding="utf-8")
+    results = []
+    for repeat in range(args.repeats):
+        order = names[repeat % len(names):] + names[: repeat % len(names)]
+        for name in order:
+            print(f"repeat {repeat + 1}: {name} ...", file=sys.stderr, flush=True)
+            results.append(run_contender(name, manifest, rows, out / name, args.threads))
+            print(f"  {results[-1]['wall_s']} s wall, {results[-1]['cpu_s']} CPU s {results[-1]['summary']}",
+                  file=sys.stderr, flush=True)
+    return results
 
 
 if __name__ == "__main__":

@@ -340,6 +340,6 @@ def test_a_group_whose_worker_always_dies_is_reported_and_the_job_goes_on(cluste
     summary = pipeline.run_job(items, store, WorkerSpec(), options, progress=False)
     reasons = {o.key: o.error for o in summary.failures}
     assert reasons == {"/a/one.wav": "/a/one.wav: checked", "/a/two.wav": "/a/two.wav: checked",
-                       "/a/poison.wav": "/a/poison.wav: not transcribed: its worker died 2 times"}
+                       "/a/poison.wav": "/a/poison.wav: not transcribed: its group failed on all 2 tries (its worker died)"}
     assert len((store.root / "errors.jsonl").read_text(encoding="utf-8").splitlines()) == 3
     assert len(set(Path(attempts).read_text(encoding="utf-8").split())) == 2  # two worker processes died on it

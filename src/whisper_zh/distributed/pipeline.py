@@ -111,8 +111,7 @@ def run_job(
     The caller has claimed ``store`` (:meth:`ResultStore.claim`). Returns when every pending input has a result
     or a recorded failure; errors.jsonl lists the inputs left without a result."""
     items = unique(items)
-    merged = store.merged()
-    complete = merged.completed()
+    complete = store.merged().completed()
     pending = [item for item in items if item.key not in complete]
     summary = JobSummary(inputs=len(items), skipped=len(items) - len(pending))
     started = time.perf_counter()
@@ -122,23 +121,18 @@ def run_job(
             summary.workers = _pool_size(options, len(groups))
             seen = _consume(_dataset(groups, spec, options, summary.workers), store, summary, pending,
                             on_outcome, progress)
-        lost = [Outcome(item.key, item.name, item.duration,
-                        error=f"{item.key}: not transcribed: its worker died {options.max_retries + 1} times")
-                for item in pending if item.key not in seen]  # its group failed on every try
+        reason = f"not transcribed: its group failed on all {options.max_retries + 1} tries (its worker died)"
+        lost = [Outcome(item.key, item.name, item.duration, error=f"{item.key}: {reason}")
+                for item in pending if item.key not in seen]
         if lost:
             store.write_shard(lost)
             summary.failures += lost
         summary.failed = len(summary.failures)
     summary.wall_seconds = time.perf_counter() - started
-    store.write_errors(_still_failing(store, [item.key for item in items]))
+    # Every input without a transcription was pending, so tried again by this run: its failures are the list.
+    order = {item.key: n for n, item in enumerate(items)}
+    store.write_errors(sorted(summary.failures, key=lambda outcome: order[outcome.key]))
     return summary
-
-
-def _still_failing(store: ResultStore, keys: list[str]) -> list[Outcome]:
-    """Every input without a transcription in any shard (this run's failures and earlier runs' alike)."""
-    merged = store.merged()
-    return [merged.outcomes[key] for key in keys if key in merged.outcomes
-            and merged.outcomes[key].transcription is None]
 
 
 @contextmanager
@@ -151,7 +145,8 @@ def ray_session(address: str | None) -> Iterator[None]:
         yield
         return
     try:
-        ray.init(address=address, logging_level=logging.WARNING, configure_logging=False,
+        # "local": a new Ray on this machine, even where RAY_ADDRESS or another job's cluster would be found.
+        ray.init(address=address or "local", logging_level=logging.WARNING, configure_logging=False,
                  include_dashboard=False if address is None else None)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise UsageError(f"--ray {address or ''}: cannot start or reach Ray ({_first_line(exc)})") from exc
