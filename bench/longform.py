@@ -143,17 +143,21 @@ def cer_with_ci(errors: list[int], lengths: list[int], resamples: int = 1000) ->
 
 def order_errors(refs: list[str], hyp: str) -> int:
     """Sentences found out of order: each reference sentence is located in the hypothesis on its own (fuzzy
-    match); those located (similarity >= 60) minus the longest run in increasing position are out of order."""
+    match); those located (similarity >= 60) minus the longest run in increasing position are out of order.
+    A sentence that occurs more than once in the reference is skipped: one match cannot say which copy it is."""
+    from collections import Counter
+
     from rapidfuzz import fuzz
 
     from whisper_zh.normalize import TextNormalizer
 
     normalize = TextNormalizer()
     text = normalize(hyp)
+    counts = Counter(normalize(r) for r in refs)
     positions = []
     for ref in refs:
         ref = normalize(ref)
-        if len(ref) < 4:
+        if len(ref) < 4 or counts[ref] > 1:
             continue
         found = fuzz.partial_ratio_alignment(ref, text)
         if found.score >= 60:

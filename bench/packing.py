@@ -7,6 +7,7 @@ clip decoded on its own (both through Transcriber, default options otherwise, wo
   lost/gained   reference characters within 1 s of the clip's start or end that the packed transcript drops
                 and the alone one keeps (or extra characters packing adds at the clip's edges)
   CER           against the references, alone and packed, with 95 % CIs and the paired difference
+  punctuation   share of clips ending with a sentence mark, and marks per 100 characters, alone and packed
 Run: .venv/bin/python bench/packing.py [--clips 500] [--first 0]
 """
 
@@ -27,6 +28,16 @@ EDGE = 1.0  # seconds from a clip's start or end that count as "at the boundary"
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def punctuation(texts: list[str]) -> tuple[float, float]:
+    """(share of texts ending with 。？！, punctuation marks per 100 Chinese characters)."""
+    import re
+
+    final = sum(t.endswith(("。", "？", "！")) for t in texts) / len(texts)
+    marks = sum(len(re.findall(r"[，。？！、；：]", t)) for t in texts)
+    chars = sum(len(re.findall(r"[\u4e00-\u9fff]", t)) for t in texts)
+    return final, 100 * marks / max(chars, 1)
 
 
 def edge_errors(ref: str, hyp: str, chars_per_second: float) -> tuple[set[int], int]:
@@ -91,10 +102,12 @@ def main() -> int:
     paired = paired_bootstrap([a.errors for a in scored["alone"]], [a.errors for a in scored["packed"]],
                               [a.ref_len for a in scored["alone"]])
     print(f"# {len(rows)} clips from {rows[0]['id']}, each decoded alone and packed (base, int8, beam 5)\n")
-    print("| decode | CER [95% CI] | wall s | CPU s |\n|---|---|---|---|")
-    for name, score in (("alone", a_cer), ("packed", p_cer)):
+    print("| decode | CER [95% CI] | ends with 。？！ | marks per 100 chars | wall s | CPU s |\n|---|---|---|---|---|---|")
+    for name, score, texts in (("alone", a_cer, alone), ("packed", p_cer, packed)):
         wall, cpu = runs[name + "_cost"]
-        print(f"| {name} | {score.rate:.2%} [{score.ci_low:.2%}, {score.ci_high:.2%}] | {wall:.0f} | {cpu:.0f} |")
+        final, per_100 = punctuation(texts)
+        print(f"| {name} | {score.rate:.2%} [{score.ci_low:.2%}, {score.ci_high:.2%}] | {final:.0%} | {per_100:.1f} "
+              f"| {wall:.0f} | {cpu:.0f} |")
     print(f"\nclips whose text differs: {differ} of {len(rows)}; characters lost within {EDGE:g} s of a boundary: "
           f"{lost}, gained: {gained} (in {sum(1 for c in changes if c[0])} and {sum(1 for c in changes if c[1])} clips)")
     print(f"paired CER, packed minus alone: {paired.delta:+.2%} [{paired.ci_low:+.2%}, {paired.ci_high:+.2%}], "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from whisper_zh.chunking import (
     CHUNK_SECONDS,
@@ -56,7 +57,7 @@ def test_unpack_assigns_words_by_their_end_and_shifts_times():
     ]
     out = unpack(pack, [segment(words)])
     assert out[a].text == "今天下雨。"
-    assert out[b].text == "明天晴"
+    assert out[b].text == "明天晴。"  # a clip is a whole utterance: closed where Whisper ran it on
     assert out[b].start == 0.0 and abs(out[b].end - 1.5) < 1e-9
     assert abs(out[b].words[0].end - 0.4) < 1e-9
 
@@ -67,7 +68,7 @@ def test_unpack_orders_words_by_time_whatever_order_they_arrive_in():
     late = RawWord(2.0 + PACK_GAP + 0.2, 2.0 + PACK_GAP + 1.0, "后来下雨", 0.9)
     early = [RawWord(0.2, 1.0, "先", 0.9), RawWord(1.0, 1.8, "说", 0.9)]
     out = unpack(pack, [segment([late]), segment(list(reversed(early)))])
-    assert out[a].text == "先说" and out[b].text == "后来下雨"
+    assert out[a].text == "先说。" and out[b].text == "后来下雨。"
 
 
 def test_unpack_flags_clips_it_cannot_trust():
@@ -106,3 +107,16 @@ def test_long_audio_is_cut_where_voice_activity_pauses(example_clips):
     assert file.regions, "VAD found the speech"
     assert len(spans) == 2
     assert spans[0].end <= first_part + 1.0 and spans[1].start >= first_part + 4.0
+
+
+@pytest.mark.parametrize(("last", "expected"), [("问题，", "今天问题。"), ("好吗？", "今天好吗？"), ("下雨", "今天下雨。")])
+def test_a_packed_chinese_clip_ends_with_a_sentence_mark(last, expected):
+    (pack,) = make_packs([clip(0, 4.0), clip(1, 4.0)])
+    out = unpack(pack, [segment([RawWord(0.3, 0.9, "今天", 0.9), RawWord(0.9, 3.5, last, 0.9)])])
+    assert out[pack.members[0].file].text == expected
+
+
+def test_a_packed_english_clip_is_not_given_chinese_marks():
+    (pack,) = make_packs([clip(0, 4.0, "en"), clip(1, 4.0, "en")])
+    out = unpack(pack, [segment([RawWord(0.3, 0.9, " good", 0.9), RawWord(0.9, 3.5, " morning", 0.9)])])
+    assert out[pack.members[0].file].text == "good morning"

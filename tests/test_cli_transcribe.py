@@ -204,3 +204,14 @@ def test_word_timestamps_help_names_the_format_that_has_them(capsys):
         main(["transcribe", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "character/word timestamps (in the json format only)" in help_text
+
+
+def test_no_pack_gives_each_file_the_text_it_gets_alone(example_clips, tmp_path, capsys):
+    """Packed with W0122, W0121 used to read 内因 where alone it reads 内音: --no-pack makes a file's text
+    independent of the other inputs."""
+    first, second = example_clips[0]["path"], example_clips[1]["path"]
+    assert main(["transcribe", first, "--quiet"]) == 0
+    alone = capsys.readouterr().out.strip()
+    assert main(["transcribe", second, first, "--no-pack", "--quiet"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert f"[{first}] {alone}" in lines and cer(example_clips[0]["text"], alone).rate < 0.25

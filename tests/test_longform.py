@@ -215,7 +215,8 @@ def test_any_layout_keeps_text_in_order_with_valid_times(speech_clips, seed, los
                             script="as-is", repetition_guard=False)
     results = transcriber.transcribe_batch([s.audio for s in sources], options)
     for source, result in zip(sources, results, strict=True):
-        text = "".join(s.text for s in result.segments)
+        # the scripted characters only: a packed clip is closed with a sentence mark the transcriber adds
+        text = "".join(c for s in result.segments for c in s.text if ord(c) >= FIRST_CHAR)
         assert all(ord(a) < ord(b) for a, b in zip(text, text[1:], strict=False)), "text reordered or repeated"
         if not lossy:
             assert text == "".join(c for c, _, _ in source.chars), "text lost"

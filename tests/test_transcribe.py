@@ -38,9 +38,11 @@ def test_batch_of_clips_matches_references(transcriber, news_rows):
     numbers = TextNormalizer(numbers="arabic")  # 百分之八十 and 80% are the same words
     score = raw_cer([row["text"] for row in rows], [r.text for r in results], normalizer=numbers)
     assert score.rate < 0.15, score  # base scores 12.9 % on all 500 clips with this scoring (bench/RESULTS.md)
-    # Packing shares 30 s windows between clips: each clip must get only its own words back.
+    # Packing shares 30 s windows between clips: each clip must get only its own words back (a word that crossed
+    # a boundary is a deletion in one clip and an insertion in the next; misheard words are substitutions).
     for row, result in zip(rows, results, strict=True):
-        assert raw_cer(row["text"], result.text, normalizer=numbers).rate < 0.5, (row["text"], result.text)
+        score = raw_cer(row["text"], result.text, normalizer=numbers)
+        assert score.insertions + score.deletions <= 0.25 * score.ref_len, (row["text"], result.text)
 
 
 def test_packed_and_unpacked_decoding_agree(transcriber, news_rows):

@@ -12,6 +12,7 @@ back out.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.decoding import compression_ratio
 from whisper_zh.engines.base import RawSegment, RawWord
-from whisper_zh.vad import Span, cut_at_pauses, speech_regions
+from whisper_zh.vad import SPEECH_PAD, Span, cut_at_pauses, speech_regions
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ PACK_SLACK = 0.15
 # two characters. Otherwise words fell out at the boundary, and the clip is decoded again on its own.
 COVER_SLACK = 0.8
 WORD_SECONDS = 1.0
+_CJK = re.compile(r"\s*[\u3400-\u9fff\uf900-\ufaff]")
+_SENTENCE_MARKS = ("。", "？", "！", "?", "!", "…", "”", "」")
+_OPEN_MARKS = "，、,;；：:"
 
 
 @dataclass(eq=False)  # identity semantics: used as a dict key
@@ -114,8 +118,15 @@ def stream_spans(file: AudioFile, *, use_vad: bool) -> list[Span]:
 
 
 def speech_after(file: AudioFile, start: float, end: float, *, at_least: float = 0.3) -> bool:
-    """Whether VAD heard at least ``at_least`` seconds of speech between ``start`` and ``end`` (False without VAD)."""
-    heard = sum(max(0.0, min(r.end, end) - max(r.start, start)) for r in file.regions or ())
+    """Whether VAD heard at least ``at_least`` seconds of speech between ``start`` and ``end`` (False without VAD).
+
+    Speech itself, not VAD's padding: a region is padded by SPEECH_PAD each side (where the file goes on), and
+    counting the padding made a clip's last 0.4 s of silence look like speech still to come."""
+    heard = 0.0
+    for region in file.regions or ():
+        onset = region.start + SPEECH_PAD if region.start > 0 else region.start
+        offset = region.end - SPEECH_PAD if region.end < file.duration else region.end
+        heard += max(0.0, min(offset, end) - max(onset, start))
     return heard >= at_least
 
 
@@ -167,6 +178,18 @@ def _covers(member: Member, words: list[RawWord]) -> bool:
     return True
 
 
+def _closed(words: tuple[RawWord, ...]) -> tuple[RawWord, ...]:
+    """A clip is a whole utterance: where Whisper ran a Chinese clip on into the next one of the pack, with no mark
+    or a comma between them, it ends with 。 (decoded alone, 98 % of the shared clips end with a sentence mark;
+    packed without this, 80 %, the rest with ， or nothing)."""
+    last = words[-1]
+    text = last.text.rstrip()
+    if not any(_CJK.match(w.text) for w in words) or text.endswith(_SENTENCE_MARKS):
+        return words
+    text = text.rstrip(_OPEN_MARKS) + "。"
+    return (*words[:-1], RawWord(last.start, last.end, text, last.probability))
+
+
 def _pack(pieces: list[np.ndarray], members: list[Member]) -> Window:
     return Window(members[0].file, np.concatenate(pieces[:-1]), 0.0, tuple(members))  # no trailing gap
 
@@ -195,11 +218,12 @@ def unpack(pack: Window, segments: list[RawSegment]) -> dict[AudioFile, RawSegme
         if template is None or implausible or not _covers(member, mine):
             out[member.file] = None
             continue
-        local = tuple(
+        local = _closed(tuple(
             RawWord(min(max(w.start - member.start, 0.0), seconds), min(max(w.end - member.start, 0.0), seconds),
                     w.text, w.probability)
             for w in mine
-        )
+        ))
+        text = "".join(w.text for w in local).strip()
         out[member.file] = RawSegment(
             text=text,
             start=local[0].start,

@@ -18,6 +18,7 @@ from whisper_zh.audio import SAMPLE_RATE
 # between clauses); regions are padded by 400 ms each side (Silero's default) so that soft onsets and final
 # syllables stay inside.
 VAD_OPTIONS = VadOptions(min_silence_duration_ms=160, speech_pad_ms=400, max_speech_duration_s=30.0)
+SPEECH_PAD = VAD_OPTIONS.speech_pad_ms / 1000  # seconds of padding on each side of a region
 
 
 @dataclass(frozen=True)

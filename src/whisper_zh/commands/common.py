@@ -50,6 +50,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-vad", action="store_true", help="decode long audio straight through instead of cutting it at pauses"
     )
+    parser.add_argument(
+        "--no-pack", action="store_true",
+        help="decode each short clip on its own window: its text then never depends on the other inputs "
+        "(about 2.7x slower on many short clips)",
+    )
 
 
 def decode_options(args: argparse.Namespace, **extra: Any) -> DecodeOptions:
@@ -65,6 +70,7 @@ def decode_options(args: argparse.Namespace, **extra: Any) -> DecodeOptions:
             hotwords=args.hotwords,
             script=args.script,
             vad=not args.no_vad,
+            pack=not args.no_pack,
             **extra,
         )
     except ValueError as exc:
