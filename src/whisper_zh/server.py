@@ -44,6 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from whisper_zh.audio import SAMPLE_RATE, load_audio
 from whisper_zh.decoding import DecodeOptions
 from whisper_zh.errors import AudioError
+from whisper_zh.live_server import LiveLimits, live_router
 from whisper_zh.results import Segment, Transcription
 from whisper_zh.serving_queue import BatchingQueue, BatchStats, QueueClosedError, QueueFullError, Slot
 from whisper_zh.writers import format_transcription
@@ -86,6 +87,8 @@ class ServerConfig:
     # The web page's streamed requests decode long audio in pieces of about this length, cut at pauses,
     # so the first segments show while the rest is decoded.
     stream_piece_seconds: float = 60.0
+    # Live transcription over WebSocket (/v1/realtime): streams at once, buffer cap, idle timeout.
+    live: LiveLimits = field(default_factory=LiveLimits)
 
 
 class ApiError(Exception):
@@ -476,6 +479,7 @@ def create_app(config: ServerConfig, *, transcriber: Any = None) -> FastAPI:
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
 
+    app.include_router(live_router(queue, transcriber, decode=config.decode, api_key=config.api_key, limits=config.live))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 

@@ -8,6 +8,7 @@ import signal
 import sys
 
 from whisper_zh.commands.common import add_model_arguments, decode_options
+from whisper_zh.errors import UsageError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +42,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--batch-window-ms", type=float, default=50.0, help="wait this long to gather a batch (default: 50)"
     )
     p.add_argument(
+        "--max-streams", type=int, default=4,
+        help="live-transcription WebSocket streams (/v1/realtime) at once; each holds one queue slot while open, "
+        "so this must stay below --max-queue; 0 turns live transcription off (default: 4)",
+    )
+    p.add_argument(
+        "--stream-idle-timeout", type=float, default=30.0,
+        help="close a live stream that sends nothing for this many seconds (default: 30)",
+    )
+    p.add_argument(
+        "--stream-max-buffer", type=float, default=60.0,
+        help="seconds of audio a live stream may hold undecoded; beyond it the server stops reading that stream "
+        "until decoding catches up (default: 60)",
+    )
+    p.add_argument(
         "--shutdown-timeout", type=float, default=120.0,
         help="on SIGTERM/Ctrl-C, seconds to let requests in flight finish (default: 120)",
     )
@@ -51,8 +66,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from whisper_zh.live_server import LiveLimits
     from whisper_zh.server import ServerConfig, create_app
 
+    if args.max_streams and args.max_streams >= args.max_queue:
+        raise UsageError(f"--max-streams {args.max_streams}: must be below --max-queue ({args.max_queue}), or "
+                         "uploads could never get a queue slot")
+    try:
+        live = LiveLimits(max_streams=args.max_streams, idle_timeout_s=args.stream_idle_timeout,
+                          max_buffer_seconds=args.stream_max_buffer)
+    except ValueError as exc:
+        raise UsageError(f"live stream limits: {exc}") from exc
     config = ServerConfig(
         model=args.model,
         engine=args.engine,
@@ -67,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         batch_window_s=args.batch_window_ms / 1000,
         shutdown_timeout_s=args.shutdown_timeout,
+        live=live,
     )
     app = create_app(config)
     print(
@@ -86,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=args.shutdown_timeout,
         limit_concurrency=max(256, args.max_queue * 8),
+        # uvicorn's default frame limit (16 MiB, queued 32 deep per stream) is far beyond what a live stream needs;
+        # frames between the endpoint's own limit and this one get a readable error event, larger ones close 1009
+        ws_max_size=2 * live.max_message_bytes,
     )
     return 0
 

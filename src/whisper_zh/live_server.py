@@ -1,0 +1,474 @@
+"""The live-transcription WebSocket endpoint, ``/v1/realtime``: OpenAI's realtime transcription events over a
+:class:`~whisper_zh.live.LiveSession` per connection.
+
+:func:`live_router` returns the FastAPI router that ``create_app`` mounts. Every stream decodes through the
+server's :class:`~whisper_zh.serving_queue.BatchingQueue` (one slot per stream, held while it is open), so N streams
+share the one model and their decodes are batched together. Limits: at most ``max_streams`` streams (one more is
+refused with an ``error`` event and close code 1013), ``max_buffer_seconds`` of audio held per stream (beyond it the
+server stops reading the socket until decoding catches up), an idle timeout, a size limit per message, and the
+server's API key (an ``Authorization: Bearer`` header, or OpenAI's browser subprotocol
+``openai-insecure-api-key.KEY``). A client that goes away frees its slot at once (or as soon as a decode already
+running finishes). The protocol is documented in the README ("Live transcription").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import itertools
+import json
+import logging
+import secrets
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import soxr
+from fastapi import APIRouter, WebSocket
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.decoding import SCRIPTS, DecodeOptions
+from whisper_zh.live import (
+    Committed,
+    Completed,
+    LiveEvent,
+    LiveOptions,
+    LiveSession,
+    NothingToCommit,
+    Partial,
+    SpeechStarted,
+    SpeechStopped,
+)
+from whisper_zh.serving_queue import BatchingQueue, QueueClosedError, QueueFullError, Slot
+from whisper_zh.writers import format_transcription
+
+logger = logging.getLogger(__name__)
+
+PATH = "/v1/realtime"
+FORMATS = ("pcm16", "float32")  # little-endian mono samples
+SUBPROTOCOL = "realtime"
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
+SAMPLE_RATES = (8000, 96000)  # accepted input rates (resampled to 16 kHz)
+
+
+@dataclass(frozen=True)
+class LiveLimits:
+    """The live endpoint's limits (``whisper-zh serve`` flags)."""
+
+    max_streams: int = 4
+    max_buffer_seconds: float = 60.0  # audio held per stream before the server stops reading its socket
+    idle_timeout_s: float = 30.0  # a stream that sends nothing this long is closed
+    max_message_bytes: int = 1 << 20
+    live: LiveOptions = field(default_factory=LiveOptions)
+
+    def __post_init__(self) -> None:
+        if self.max_streams < 0:
+            raise ValueError("max_streams must be 0 (live transcription off) or more")
+        if self.max_buffer_seconds < self.live.max_item_seconds + 5:
+            raise ValueError(f"max_buffer_seconds must be at least {self.live.max_item_seconds + 5:.0f}")
+
+
+class _Refused(Exception):
+    """A request the endpoint answers with an error event (code, message, param)."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+class _Streams:
+    """How many streams are open (per app: no global state)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.open = limit, 0
+
+    def take(self) -> bool:
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def give_back(self) -> None:
+        self.open -= 1
+
+
+def live_router(queue: BatchingQueue, transcriber: Any, *, decode: DecodeOptions, api_key: str | None,
+                limits: LiveLimits) -> APIRouter:
+    """The ``/v1/realtime`` WebSocket route. ``decode`` holds the server's decoding defaults; a session's
+    language, prompt and script override them."""
+    router = APIRouter()
+    streams = _Streams(limits.max_streams)
+    model = getattr(getattr(transcriber, "info", None), "name", "whisper")
+    aligns = bool(getattr(getattr(transcriber, "decoder", None), "aligns_words", True))
+    languages = frozenset(getattr(transcriber, "languages", ()) or ())
+
+    @router.websocket(PATH)
+    async def realtime(ws: WebSocket) -> None:
+        if not _authorised(ws, api_key):
+            await _deny(ws)
+            return
+        await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in ws.scope.get("subprotocols", ()) else None)
+        try:
+            settings = _SessionSettings.from_query(ws, decode, model, languages)
+        except _Refused as exc:
+            await _refuse(ws, exc.code, exc.message, 1008, exc.param)
+            return
+        if not aligns:
+            await _refuse(ws, "unsupported", f"live transcription needs the ctranslate2 engine, not "
+                          f"{transcriber.decoder.name}", 1003)
+            return
+        if not limits.max_streams:
+            await _refuse(ws, "unsupported", "live transcription is off on this server (--max-streams 0)", 1003)
+            return
+        if not streams.take():
+            await _refuse(ws, "max_streams_reached", f"this server takes at most {limits.max_streams} live streams "
+                          "at once; try again later", 1013)
+            return
+        try:
+            try:
+                slot = queue.acquire()
+            except (QueueFullError, QueueClosedError) as exc:
+                await _refuse(ws, "server_busy", str(exc), 1013)
+                return
+            await _Connection(ws, slot, settings, limits).run()
+        finally:
+            streams.give_back()
+
+    return router
+
+
+def _authorised(ws: WebSocket, api_key: str | None) -> bool:
+    """The HTTP routes' rule: the server's key as a Bearer token (or, from a browser, which cannot set headers,
+    in OpenAI's subprotocol ``openai-insecure-api-key.KEY``)."""
+    if not api_key:
+        return True
+    auth = ws.headers.get("authorization", "")
+    tokens = [auth[7:].strip()] if auth.lower().startswith("bearer ") else []
+    tokens += [p[len(KEY_SUBPROTOCOL):] for p in ws.scope.get("subprotocols", ()) if p.startswith(KEY_SUBPROTOCOL)]
+    return any(secrets.compare_digest(t.encode(), api_key.encode()) for t in tokens if t)
+
+
+async def _deny(ws: WebSocket) -> None:
+    """Refuse the handshake with HTTP 401 in OpenAI's error shape (close code 1008 where the server cannot)."""
+    body = {"error": {"message": "missing or incorrect API key: send 'Authorization: Bearer KEY'",
+                      "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        await ws.send_denial_response(JSONResponse(body, status_code=401))
+    else:
+        await ws.close(code=1008, reason="invalid_api_key")
+
+
+async def _refuse(ws: WebSocket, code: str, message: str, close_code: int, param: str | None = None) -> None:
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        await ws.send_text(json.dumps(_error_event("event_0", code, message, param), ensure_ascii=False))
+        await ws.close(code=close_code, reason=code)
+
+
+def _error_event(event_id: str, code: str, message: str, param: str | None = None,
+                 type_: str = "invalid_request_error") -> dict[str, Any]:
+    return {"type": "error", "event_id": event_id,
+            "error": {"type": type_, "code": code, "message": message, "param": param, "event_id": None}}
+
+
+@dataclass
+class _SessionSettings:
+    """What a client chose: audio format and rate, and the decoding options (from the query or session.update)."""
+
+    decode: DecodeOptions
+    model: str
+    languages: frozenset[str]
+    input_format: str = "pcm16"
+    sample_rate: int = SAMPLE_RATE
+
+    @classmethod
+    def from_query(cls, ws: WebSocket, decode: DecodeOptions, model: str,
+                   languages: frozenset[str]) -> _SessionSettings:
+        """The server's defaults, changed by the URL's query (the same fields as session.update)."""
+        settings = cls(decode, model, languages)
+        query = ws.query_params
+        settings.update({"input_audio_format": query.get("input_audio_format"),
+                         "sample_rate": query.get("sample_rate"), "script": query.get("script"),
+                         "input_audio_transcription": {"language": query.get("language"),
+                                                       "prompt": query.get("prompt")}})
+        return settings
+
+    def update(self, session: dict[str, Any]) -> None:
+        fmt = session.get("input_audio_format")
+        if fmt is not None:
+            if fmt not in FORMATS:
+                raise _Refused("invalid_value", f"input_audio_format must be one of {', '.join(FORMATS)}",
+                               "session.input_audio_format")
+            self.input_format = fmt
+        rate = session.get("sample_rate")
+        if rate is not None:
+            if not str(rate).isdigit() or not SAMPLE_RATES[0] <= int(rate) <= SAMPLE_RATES[1]:
+                raise _Refused("invalid_value", f"sample_rate must be an integer from {SAMPLE_RATES[0]} to "
+                               f"{SAMPLE_RATES[1]}", "session.sample_rate")
+            self.sample_rate = int(rate)
+        decode = _decode_changes(self.decode, session)
+        if decode.language is not None and self.languages and decode.language not in self.languages:
+            raise _Refused("invalid_value", f"unknown language '{decode.language}': use a language code such as "
+                           "zh, or auto", "session.input_audio_transcription.language")
+        self.decode = decode
+
+    def describe(self, session_id: str, limits: LiveLimits) -> dict[str, Any]:
+        d = self.decode
+        return {
+            "id": session_id, "object": "realtime.transcription_session", "input_audio_format": self.input_format,
+            "input_audio_transcription": {"model": self.model, "language": d.language, "prompt": d.initial_prompt},
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": round(limits.live.pause_seconds * 1000)},
+            "sample_rate": self.sample_rate, "script": d.script,
+            "limits": {"max_buffer_seconds": limits.max_buffer_seconds, "idle_timeout_seconds": limits.idle_timeout_s,
+                       "max_message_bytes": limits.max_message_bytes},
+        }
+
+
+def _decode_changes(decode: DecodeOptions, session: dict[str, Any]) -> DecodeOptions:
+    changes: dict[str, Any] = {}
+    transcription = session.get("input_audio_transcription") or {}
+    if not isinstance(transcription, dict):
+        raise _Refused("invalid_value", "input_audio_transcription must be an object",
+                       "session.input_audio_transcription")
+    language = transcription.get("language")
+    if language is not None and str(language).strip():
+        code = str(language).strip().lower()
+        changes["language"] = None if code == "auto" else code
+    prompt = transcription.get("prompt")
+    if prompt is not None:
+        changes["initial_prompt"] = str(prompt) or None
+    script = session.get("script")
+    if script is not None:
+        if script not in SCRIPTS:
+            raise _Refused("invalid_value", f"script must be one of {', '.join(SCRIPTS)}", "session.script")
+        changes["script"] = script
+    return decode.with_(**changes) if changes else decode
+
+
+class _Samples:
+    """Client frames to 16 kHz float32 samples (soxr streams the resampling across frames)."""
+
+    def __init__(self, settings: _SessionSettings) -> None:
+        self.format, self.rate = settings.input_format, settings.sample_rate
+        self._resampler = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32") \
+            if self.rate != SAMPLE_RATE else None
+
+    def convert(self, data: bytes) -> np.ndarray:
+        width = 2 if self.format == "pcm16" else 4
+        if not data or len(data) % width:
+            raise _Refused("invalid_audio", f"audio must be whole {self.format} samples ({width} bytes each); got "
+                           f"{len(data)} bytes")
+        if self.format == "pcm16":
+            samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+        else:
+            samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
+            if not np.all(np.isfinite(samples)) or float(np.max(np.abs(samples))) > 64.0:
+                raise _Refused("invalid_audio", "float32 audio holds NaN, infinite or out-of-range (|x| > 64) samples")
+        if self._resampler is not None:
+            samples = self._resampler.resample_chunk(samples)
+        return samples
+
+
+class _Connection:
+    """One open stream: a reader (client frames into the session) and a decoder (the session's requests through
+    the batching queue, events back), both stopped and everything freed when either ends."""
+
+    def __init__(self, ws: WebSocket, slot: Slot, settings: _SessionSettings, limits: LiveLimits) -> None:
+        self.ws, self.slot, self.settings, self.limits = ws, slot, settings, limits
+        self.id = "sess_" + secrets.token_hex(8)
+        self.session = LiveSession(settings.decode, limits.live, name="item_" + self.id[5:])
+        self.samples = _Samples(settings)
+        self.event_ids = itertools.count(1)
+        self.send_lock = asyncio.Lock()
+        self.wake = asyncio.Event()  # audio or a command arrived
+        self.progress = asyncio.Event()  # a decode finished (room in the buffer)
+        self.future: Future | None = None
+        self.previous_item: str | None = None
+        self.finishing = False
+
+    async def run(self) -> None:
+        await self._send({"type": "transcription_session.created",
+                          "session": self.settings.describe(self.id, self.limits)})
+        reader = asyncio.ensure_future(self._read())
+        decoder = asyncio.ensure_future(self._decode())
+        try:
+            await asyncio.wait({reader, decoder}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, decoder):
+                task.cancel()
+            await asyncio.gather(reader, decoder, return_exceptions=True)
+            self._release()
+            if self.ws.application_state != WebSocketState.DISCONNECTED:
+                with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                    await self.ws.close(code=1000)
+
+    def _release(self) -> None:
+        """Free the slot now, or when the decode already inside the model finishes."""
+        future, self.future = self.future, None
+        if future is not None and not future.done() and not future.cancel():
+            future.add_done_callback(lambda _f: self.slot.release())
+        else:
+            self.slot.release()
+
+    # -- reading -------------------------------------------------------------------------------------------
+    async def _read(self) -> None:
+        while True:
+            while self.session.held_seconds > self.limits.max_buffer_seconds:  # back-pressure on the socket
+                self.progress.clear()
+                await self.progress.wait()
+            try:  # a finishing stream waits for its last decodes, not for the client
+                timeout = None if self.finishing else self.limits.idle_timeout_s
+                message = await asyncio.wait_for(self.ws.receive(), timeout)
+            except asyncio.TimeoutError:
+                await self._error("idle_timeout", f"no message for {self.limits.idle_timeout_s:.0f} s; closing")
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            try:
+                await self._handle(message.get("bytes"), message.get("text"))
+            except _Refused as exc:
+                await self._error(exc.code, exc.message, exc.param)
+            self.wake.set()
+
+    async def _handle(self, data: bytes | None, text: str | None) -> None:
+        size = len(data) if data is not None else len((text or "").encode())
+        if size > self.limits.max_message_bytes:
+            raise _Refused("message_too_large", f"a message may hold at most {self.limits.max_message_bytes} bytes")
+        if data is not None:
+            self._append(data)
+            return
+        try:
+            event = json.loads(text or "")
+        except json.JSONDecodeError as exc:
+            raise _Refused("invalid_json", f"not a JSON event: {exc.msg}") from exc
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise _Refused("invalid_event", "an event is a JSON object with a 'type'", "type")
+        await self._command(event)
+
+    async def _command(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "input_audio_buffer.append":
+            self._append(_base64(event.get("audio")))
+        elif kind == "input_audio_buffer.commit":
+            self.session.commit()
+        elif kind == "input_audio_buffer.clear":
+            self.session.clear()
+            await self._send({"type": "input_audio_buffer.cleared"})
+        elif kind in ("transcription_session.update", "session.update"):
+            await self._update(event.get("session"))
+        elif kind == "transcription_session.finish":
+            self.finishing = True
+            self.session.finish()
+        else:
+            raise _Refused("unknown_event", f"unknown event type '{kind}'", "type")
+
+    def _append(self, data: bytes) -> None:
+        if self.finishing:
+            raise _Refused("session_finishing", "the session is finishing; no more audio is taken")
+        samples = self.samples.convert(data)
+        if len(samples):
+            self.session.append(samples)
+
+    async def _update(self, session: Any) -> None:
+        if not isinstance(session, dict):
+            raise _Refused("invalid_event", "session.update needs a 'session' object", "session")
+        try:
+            self.settings.update(session)
+        except ValueError as exc:
+            raise _Refused("invalid_value", str(exc), "session") from exc
+        if (self.settings.input_format, self.settings.sample_rate) != (self.samples.format, self.samples.rate):
+            self.samples = _Samples(self.settings)
+        self.session.set_options(self.settings.decode)
+        await self._send({"type": "transcription_session.updated",
+                          "session": self.settings.describe(self.id, self.limits)})
+
+    # -- decoding ------------------------------------------------------------------------------------------
+    async def _decode(self) -> None:
+        session = self.session
+        while not session.done:
+            if not session.due():
+                self.wake.clear()
+                if not session.due():
+                    await self.wake.wait()
+                continue
+            step = await run_in_threadpool(session.prepare)
+            await self._events(step.events)
+            if step.request is not None:
+                request = step.request
+                self.future = self.slot.submit(request.audio, request.options, seconds=request.seconds, keep=True)
+                try:
+                    result = await asyncio.wrap_future(self.future)
+                except QueueClosedError:
+                    await self._error("server_shutting_down", "the server is shutting down", type_="server_error")
+                    return
+                except Exception as exc:  # noqa: BLE001 - a failed decode is reported, the stream goes on
+                    logger.exception("live decode failed")
+                    result = exc
+                self.future = None
+                await self._events(session.accept(request, result))
+            self.progress.set()
+        await self._finished()
+
+    async def _finished(self) -> None:
+        result = self.session.transcription()
+        await self._send({"type": "transcription_session.finished", "text": result.text,
+                          "duration": round(result.duration, 3),
+                          "segments": [{"id": s.id, "start": s.start, "end": s.end, "text": s.text}
+                                       for s in result.segments],
+                          "formats": {fmt: format_transcription(result, fmt) for fmt in ("txt", "srt", "vtt")}})
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            await self.ws.close(code=1000)
+
+    async def _events(self, events: list[LiveEvent]) -> None:
+        for event in events:
+            for message in self._wire(event):
+                await self._send(message)
+
+    def _wire(self, event: LiveEvent) -> list[dict[str, Any]]:
+        """A session event as OpenAI's realtime transcription events (``partial`` is whisper-zh's own)."""
+        if isinstance(event, SpeechStarted):
+            return [{"type": "input_audio_buffer.speech_started", "item_id": event.item_id,
+                     "audio_start_ms": round(event.start * 1000)}]
+        if isinstance(event, SpeechStopped):
+            return [{"type": "input_audio_buffer.speech_stopped", "item_id": event.item_id,
+                     "audio_end_ms": round(event.end * 1000)}]
+        if isinstance(event, Partial):
+            return [{"type": "conversation.item.input_audio_transcription.partial", "item_id": event.item_id,
+                     "content_index": 0, "text": event.text}]
+        if isinstance(event, Committed):
+            words = [{"word": u.text, "start": round(u.start, 3), "end": round(u.end, 3)} for u in event.units]
+            return [{"type": "conversation.item.input_audio_transcription.delta", "item_id": event.item_id,
+                     "content_index": 0, "delta": event.text, "words": words}]
+        if isinstance(event, Completed):
+            previous, self.previous_item = self.previous_item, event.item_id
+            return [{"type": "input_audio_buffer.committed", "item_id": event.item_id, "previous_item_id": previous},
+                    {"type": "conversation.item.input_audio_transcription.completed", "item_id": event.item_id,
+                     "content_index": 0, "transcript": event.text, "start": event.start, "end": event.end}]
+        if isinstance(event, NothingToCommit):
+            return [_error_event("", "input_audio_buffer_commit_empty",
+                                 "nothing to commit: no speech since the last item")]
+        raise TypeError(f"unknown live event {event!r}")
+
+    async def _error(self, code: str, message: str, param: str | None = None,
+                     type_: str = "invalid_request_error") -> None:
+        await self._send(_error_event("", code, message, param, type_))
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        message = {**message, "event_id": f"event_{next(self.event_ids)}"}
+        async with self.send_lock:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                await self.ws.send_text(json.dumps(message, ensure_ascii=False))
+
+
+def _base64(value: Any) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise _Refused("invalid_audio", "input_audio_buffer.append needs 'audio': base64 samples", "audio")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _Refused("invalid_audio", "'audio' is not valid base64", "audio") from exc
