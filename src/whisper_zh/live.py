@@ -415,7 +415,7 @@ class LiveSession:
                 return self._end_item(settled, request.end)
             events = self._committed(self._agreement.agree(units, request.end))
             pending = render(self._agreement.pending)
-            if pending != self._item.partial:
+            if pending != self._item.partial or events:  # after a commit, always say what the partial is now
                 self._item.partial = pending
                 events.append(Partial(self._item.id, pending))
             self._trim()
