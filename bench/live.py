@@ -19,6 +19,7 @@ Reported per run of N streams:
   how long after the audio ended the last text came, and CPU seconds of the process per second of audio.
 
 Run: .venv/bin/python bench/live.py [--clips 100] [--streams 1,2,4] [--speed 1.0]
+     .venv/bin/python bench/live.py --fast [--context-chars 0]   (accuracy only: the session fed all at once)
 Latency depends on the CPU: on a shared machine, report CPU seconds beside wall time and say so.
 """
 
@@ -207,13 +208,21 @@ def main() -> int:
     parser.add_argument("--clips", type=int, default=100, help="clips joined (default: 100, W0300-W0399: 9.0 min)")
     parser.add_argument("--streams", default="1,2,4", help="concurrent streams to try, in turn (default: 1,2,4)")
     parser.add_argument("--speed", type=float, default=1.0, help="times real time the clients send (default: 1)")
+    parser.add_argument("--context-chars", type=int, default=None,
+                        help="committed characters prompted before each decode (default: LiveOptions' default)")
+    parser.add_argument("--fast", action="store_true",
+                        help="instead of streams: feed the file into a session all at once (`whisper-zh live FILE` "
+                        "without --realtime; one decode per utterance) and compare its CER with offline")
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
     args = parser.parse_args()
     counts = [int(n) for n in args.streams.split(",")]
 
     from whisper_zh import Transcriber
+    from whisper_zh.live import LiveOptions
     from whisper_zh.live_server import LiveLimits
     from whisper_zh.server import ServerConfig, create_app, serve_in_thread
+
+    live = LiveOptions() if args.context_chars is None else LiveOptions(context_chars=args.context_chars)
 
     audio, refs = long_file(args.first, args.clips)
     seconds = len(audio) / SAMPLE_RATE
@@ -229,8 +238,11 @@ def main() -> int:
     print(f"offline transcribe (beam 5, VAD): CER {rate:.2%} [{low:.2%}, {high:.2%}], {offline_wall:.0f} s wall, "
           f"{offline_cpu:.0f} CPU s\n")
 
-    app = create_app(ServerConfig(model="base", live=LiveLimits(max_streams=max(counts)), max_pending=max(counts) + 1),
-                     transcriber=transcriber)
+    if args.fast:
+        fast(transcriber, audio, refs, offline, live)
+        return 0
+    limits = LiveLimits(max_streams=max(counts), live=live)
+    app = create_app(ServerConfig(model="base", live=limits, max_pending=max(counts) + 1), transcriber=transcriber)
     report = {"offline": {"cer": rate, "wall": offline_wall, "cpu": offline_cpu}, "runs": []}
     print("| streams | latency p50 / p95 / max (s) | first text (s) | CER [95% CI] | CER - offline [95% CI] "
           "| retraction rate | committed changed | sender behind (s) | last text after audio end (s) "
@@ -246,6 +258,28 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
     return 0
+
+
+def fast(transcriber, audio: np.ndarray, refs: list[str], offline, live) -> None:  # noqa: ANN001
+    from whisper_zh.live import LiveSession, play
+
+    session = LiveSession(live=live)
+    started, cpu = time.perf_counter(), cpu_seconds()
+    decodes = []
+
+    def decode(request):  # noqa: ANN001, ANN202
+        decodes.append(request)
+        return transcriber.transcribe_batch([request.audio], request.options)[0]
+
+    for _ in play(session, audio, decode, speed=None):
+        pass
+    wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+    errors = clip_errors(refs, session.transcription().text)
+    rate, low, high = cer_with_ci(*errors)
+    diff, dlow, dhigh = paired_difference(errors, offline)
+    print(f"session fed all at once (context {live.context_chars} chars): CER {rate:.2%} [{low:.2%}, {high:.2%}], "
+          f"minus offline {diff * 100:+.2f} points [{dlow * 100:+.2f}, {dhigh * 100:+.2f}]; {len(decodes)} decodes, "
+          f"{wall:.0f} s wall, {cpu:.0f} CPU s")
 
 
 def _row(n: int, r: dict, offline: tuple[np.ndarray, np.ndarray], wall: float, cpu_per_second: float) -> str:

@@ -12,6 +12,7 @@ import pytest
 
 from whisper_zh.audio import SAMPLE_RATE, load_audio
 from whisper_zh.cli import main
+from whisper_zh.decoding import DEFAULT_ZH_PROMPT
 from whisper_zh.live import (
     Committed,
     Completed,
@@ -132,6 +133,10 @@ def test_as_fast_as_possible_decodes_each_utterance_once(transcriber, two_clips)
     assert all(r.final for r in decodes) and len(decodes) == 2  # no re-decoding when all the audio is there
     assert not any(isinstance(e, Partial) for e in events)
     assert _cer(reference, session.transcription().text) <= MAX_CER
+    # the second utterance is decoded with the first one's text after the Mandarin prompt
+    first = next(e.text for e in events if isinstance(e, Completed))
+    assert decodes[0].options.initial_prompt == DEFAULT_ZH_PROMPT
+    assert decodes[1].options.initial_prompt == DEFAULT_ZH_PROMPT + first
 
 
 def test_silence_decodes_nothing_and_commit_on_it_says_so(transcriber):

@@ -210,3 +210,10 @@ def _wait_for(condition, timeout: float = 120.0) -> None:  # noqa: ANN001
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         threading.Event().wait(0.05)
+
+
+def test_serve_refuses_more_streams_than_queue_slots(capsys):
+    from whisper_zh.cli import main
+
+    assert main(["serve", "--max-streams", "16", "--max-queue", "16"]) == 2
+    assert "--max-streams 16: must be below --max-queue" in capsys.readouterr().err

@@ -10,7 +10,9 @@ Voice activity detection (:func:`whisper_zh.vad.speech_regions`) splits the stre
 the speaker pauses, the item ends: its remaining text is committed without waiting for a second decode, and the
 buffer is cut at the end of its speech. Inside a long utterance, the buffer is trimmed at the end of a committed
 sentence. Word times (every Chinese character a unit of its own) are what decodes are compared by and where
-the buffer is cut.
+the buffer is cut. The text committed before the buffer follows the Mandarin prompt as the decoder's previous
+text, as in Whisper's own long-form loop (measured on 40 joined clips: decoding utterance by utterance with the
+prompt alone cost 2.4 CER points against offline transcription of the same audio; with the previous text, none).
 
 The session does no I/O and no decoding itself. A driver appends audio, asks :meth:`LiveSession.prepare` for the
 next :class:`DecodeRequest`, has it decoded (the CLI calls the Transcriber; the server goes through its batching
@@ -57,6 +59,8 @@ class LiveOptions:
     # At a pause, the latest decode is taken as final when it heard this much silence after the speech
     # (saves one decode, which is most of the latency of an utterance's last words).
     reuse_after_seconds: float = 0.2
+    # Committed text before the buffer that follows the Mandarin prompt (characters; 0: the prompt alone).
+    context_chars: int = 100
 
     def __post_init__(self) -> None:
         if self.step_seconds <= 0 or self.pause_seconds <= 0:
@@ -202,6 +206,14 @@ def render(units: list[Unit] | tuple[Unit, ...]) -> str:
     return "".join(u.text for u in units)
 
 
+def _unfinished(units: list[Unit]) -> str:
+    """Partial text without the punctuation Whisper puts where the buffer (not the sentence) ends: shown, it
+    would vanish at the next decode."""
+    while units and not _letters(units[-1].text):
+        units = units[:-1]
+    return render(units)
+
+
 class _Agreement:
     """Local agreement: what is committed, and the uncommitted rest of the latest decode."""
 
@@ -323,6 +335,7 @@ class LiveSession:
         self._item: _Item | None = None
         self._ids = itertools.count()
         self._segments: list[Segment] = []
+        self._context: list[Unit] = []  # the last committed units, for the prompt
         self._checked = -1.0  # stream time of the last look at the audio
         self._flush = self._finishing = self.done = False
         self._ended_since_flush = False
@@ -414,7 +427,7 @@ class LiveSession:
                 settled = self._agreement.flush(units, request.end) if decoded else self._agreement.settle(request.end)
                 return self._end_item(settled, request.end)
             events = self._committed(self._agreement.agree(units, request.end))
-            pending = render(self._agreement.pending)
+            pending = _unfinished(self._agreement.pending)
             if pending != self._item.partial or events:  # after a commit, always say what the partial is now
                 self._item.partial = pending
                 events.append(Partial(self._item.id, pending))
@@ -429,7 +442,21 @@ class LiveSession:
 
     def _request(self, start: float, end: float, *, final: bool) -> DecodeRequest:
         audio = self._audio.view(start, end).copy()
-        return DecodeRequest(audio, self.options, start, start + len(audio) / SAMPLE_RATE, final, self._generation)
+        return DecodeRequest(audio, self._prompted(start), start, start + len(audio) / SAMPLE_RATE, final,
+                             self._generation)
+
+    def _prompted(self, start: float) -> DecodeOptions:
+        """The options with the committed text that lies before the buffer after the prompt (Whisper's own way
+        with long audio: the text before conditions the next window)."""
+        chars = self.live.context_chars
+        if not chars:
+            return self.options
+        before = [u for u in self._context if u.end <= start + TIME_SLACK]
+        context = render(before)[-chars:].strip()
+        if not context:
+            return self.options
+        prompt = self.options.prompt_for(self.options.language)
+        return self.options.with_(initial_prompt=(prompt or "") + context)
 
     def _committed(self, units: list[Unit]) -> list[LiveEvent]:
         if not units or self._item is None:
@@ -437,6 +464,7 @@ class LiveSession:
         if not self._item.units:  # an item's text starts without the space Whisper puts before a Latin word
             units = [Unit(units[0].text.lstrip(), units[0].start, units[0].end), *units[1:]]
         self._item.units += units
+        self._context = (self._context + units)[-self.live.context_chars:] if self.live.context_chars else []
         return [Committed(self._item.id, render(units), tuple(units))]
 
     def _end_item(self, units: list[Unit], end: float) -> list[LiveEvent]:
