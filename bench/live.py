@@ -210,6 +210,7 @@ def main() -> int:
     parser.add_argument("--speed", type=float, default=1.0, help="times real time the clients send (default: 1)")
     parser.add_argument("--context-chars", type=int, default=None,
                         help="committed characters prompted before each decode (default: LiveOptions' default)")
+    parser.add_argument("--beam-size", type=int, default=5, help="beam of every live decode (default: 5, as served)")
     parser.add_argument("--fast", action="store_true",
                         help="instead of streams: feed the file into a session all at once (`whisper-zh live FILE` "
                         "without --realtime; one decode per utterance) and compare its CER with offline")
@@ -217,7 +218,7 @@ def main() -> int:
     args = parser.parse_args()
     counts = [int(n) for n in args.streams.split(",")]
 
-    from whisper_zh import Transcriber
+    from whisper_zh import DecodeOptions, Transcriber
     from whisper_zh.live import LiveOptions
     from whisper_zh.live_server import LiveLimits
     from whisper_zh.server import ServerConfig, create_app, serve_in_thread
@@ -238,11 +239,13 @@ def main() -> int:
     print(f"offline transcribe (beam 5, VAD): CER {rate:.2%} [{low:.2%}, {high:.2%}], {offline_wall:.0f} s wall, "
           f"{offline_cpu:.0f} CPU s\n")
 
+    decode = DecodeOptions(pack=False, beam_size=args.beam_size)  # the server's default decoding, this beam
     if args.fast:
-        fast(transcriber, audio, refs, offline, live)
+        fast(transcriber, audio, refs, offline, live, decode)
         return 0
     limits = LiveLimits(max_streams=max(counts), live=live)
-    app = create_app(ServerConfig(model="base", live=limits, max_pending=max(counts) + 1), transcriber=transcriber)
+    app = create_app(ServerConfig(model="base", live=limits, max_pending=max(counts) + 1, decode=decode),
+                     transcriber=transcriber)
     report = {"offline": {"cer": rate, "wall": offline_wall, "cpu": offline_cpu}, "runs": []}
     print("| streams | latency p50 / p95 / max (s) | first text (s) | CER [95% CI] | CER - offline [95% CI] "
           "| retraction rate | committed changed | sender behind (s) | last text after audio end (s) "
@@ -260,24 +263,24 @@ def main() -> int:
     return 0
 
 
-def fast(transcriber, audio: np.ndarray, refs: list[str], offline, live) -> None:  # noqa: ANN001
+def fast(transcriber, audio: np.ndarray, refs: list[str], offline, live, decode) -> None:  # noqa: ANN001
     from whisper_zh.live import LiveSession, play
 
-    session = LiveSession(live=live)
+    session = LiveSession(decode, live)
     started, cpu = time.perf_counter(), cpu_seconds()
     decodes = []
 
-    def decode(request):  # noqa: ANN001, ANN202
+    def run(request):  # noqa: ANN001, ANN202
         decodes.append(request)
         return transcriber.transcribe_batch([request.audio], request.options)[0]
 
-    for _ in play(session, audio, decode, speed=None):
+    for _ in play(session, audio, run, speed=None):
         pass
     wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     errors = clip_errors(refs, session.transcription().text)
     rate, low, high = cer_with_ci(*errors)
     diff, dlow, dhigh = paired_difference(errors, offline)
-    print(f"session fed all at once (context {live.context_chars} chars): CER {rate:.2%} [{low:.2%}, {high:.2%}], "
+    print(f"session fed all at once (context {live.context_chars} chars, beam {decode.beam_size}): CER {rate:.2%} [{low:.2%}, {high:.2%}], "
           f"minus offline {diff * 100:+.2f} points [{dlow * 100:+.2f}, {dhigh * 100:+.2f}]; {len(decodes)} decodes, "
           f"{wall:.0f} s wall, {cpu:.0f} CPU s")
 

@@ -67,7 +67,8 @@ def microphone(clips, tmp_path_factory) -> tuple[Path, float]:
 
 
 @pytest.fixture(scope="module")
-def server_url(transcriber):
+def server_url(transcriber, clips):
+    transcriber.transcribe(str(clips[1]["path"]))  # a running server is warm: its first decode is not timed here
     app = create_app(ServerConfig(model="base", live=LiveLimits(max_streams=2)), transcriber=transcriber)
     with serve_in_thread(app) as url:
         yield url

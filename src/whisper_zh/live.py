@@ -52,6 +52,9 @@ class LiveOptions:
     (bench/live.py)."""
 
     step_seconds: float = 0.5  # decode again once this much new audio has arrived
+    # The first decode of an utterance waits for this much of it: less is rarely a word, and a decode wasted on it
+    # delays the first text by a whole decode.
+    first_decode_seconds: float = 1.0
     pause_seconds: float = 0.6  # a silence this long ends an utterance (clause pauses in read Mandarin are shorter)
     trim_seconds: float = 12.0  # beyond this, the buffer is trimmed at the end of a committed sentence
     max_item_seconds: float = 25.0  # an utterance this long without a pause is cut (Whisper hears 30 s at most)
@@ -516,6 +519,10 @@ class _Planner:
         if (s._flush or s._finishing) and self.caught_up:
             s._flush = False
             return Step(self.events, s._request(buffer_start, self.end, final=True))
+        item = s._item
+        assert item is not None
+        if not item.units and self.end - item.start < live.first_decode_seconds + VAD_PAD:
+            return Step(self.events, None)
         return Step(self.events, s._request(buffer_start, self.end, final=False))
 
     def _silence(self) -> Step:
