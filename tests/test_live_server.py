@@ -217,3 +217,18 @@ def test_serve_refuses_more_streams_than_queue_slots(capsys):
 
     assert main(["serve", "--max-streams", "16", "--max-queue", "16"]) == 2
     assert "--max-streams 16: must be below --max-queue" in capsys.readouterr().err
+
+
+def test_a_client_sending_faster_than_real_time_is_slowed_down_not_stuck(transcriber):
+    """Past the buffer cap the server stops reading the socket until decoding has cut the buffer down (here
+    silence, which is dropped without decoding); one frame can take it to twice the cap."""
+    app, running = _server(transcriber, live=LiveLimits(max_streams=1, max_buffer_seconds=30.0))
+    rng = np.random.default_rng(0)
+    with running as base, connect(base.replace("http://", "ws://") + "/v1/realtime?sample_rate=8000") as ws:
+        json.loads(ws.recv(timeout=30))
+        for _ in range(2):  # 2 x 60 s of faint noise (960 kB frames), as fast as the socket takes them
+            ws.send(_pcm16(rng.normal(0, 1e-3, 60 * 8000).astype(np.float32)))
+        ws.send(json.dumps({"type": "transcription_session.finish"}))
+        finished = _events(ws, "transcription_session.finished", timeout=120)[-1]
+    assert finished["text"] == "" and finished["duration"] == pytest.approx(120.0, abs=0.1)
+    _wait_for(lambda: app.state.queue.in_flight == 0)

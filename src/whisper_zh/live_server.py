@@ -391,7 +391,8 @@ class _Connection:
     async def _decode(self) -> None:
         session = self.session
         while not session.done:
-            if not session.due():
+            # Over the cap, the reader waits for this loop: keep cutting the buffer down even without new audio.
+            if not session.due() and session.held_seconds <= self.limits.max_buffer_seconds:
                 self.wake.clear()
                 if not session.due():
                     await self.wake.wait()
