@@ -220,8 +220,8 @@ def main() -> int:
 
     from whisper_zh import DecodeOptions, Transcriber
     from whisper_zh.live import LiveOptions
-    from whisper_zh.live_server import LiveLimits
     from whisper_zh.server import ServerConfig, create_app, serve_in_thread
+    from whisper_zh.server.config import LiveLimits
 
     live = LiveOptions() if args.context_chars is None else LiveOptions(context_chars=args.context_chars)
 
@@ -243,7 +243,7 @@ def main() -> int:
     if args.fast:
         fast(transcriber, audio, refs, offline, live, decode)
         return 0
-    limits = LiveLimits(max_streams=max(counts), live=live)
+    limits = LiveLimits(max_streams=max(counts), options=live)
     app = create_app(ServerConfig(model="base", live=limits, max_pending=max(counts) + 1, decode=decode),
                      transcriber=transcriber)
     report = {"offline": {"cer": rate, "wall": offline_wall, "cpu": offline_cpu}, "runs": []}

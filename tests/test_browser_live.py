@@ -18,10 +18,10 @@ import pytest
 import soundfile as sf
 import soxr
 
-from whisper_zh.live_server import LiveLimits
 from whisper_zh.metrics import cer
 from whisper_zh.normalize import TextNormalizer
 from whisper_zh.server import ServerConfig, create_app, serve_in_thread
+from whisper_zh.server.config import LiveLimits
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "aishell1-sample-S0150"

@@ -16,10 +16,10 @@ import pytest
 import soxr
 
 from whisper_zh.audio import SAMPLE_RATE, load_audio
-from whisper_zh.live_server import LiveLimits
 from whisper_zh.metrics import cer
 from whisper_zh.normalize import TextNormalizer
 from whisper_zh.server import ServerConfig, create_app, serve_in_thread
+from whisper_zh.server.config import LiveLimits
 
 websockets = pytest.importorskip(
     "websockets", reason="!!! LIVE ENDPOINT UNTESTED: the 'websockets' package is missing (requirements/lock.txt has "
@@ -114,7 +114,7 @@ def test_stream_commits_text_that_is_never_taken_back(one_stream, clips):
     assert _cer(reference, finished["text"]) <= MAX_CER, finished["text"]
     assert finished["formats"]["srt"].startswith("1\n00:00:0") and finished["formats"]["vtt"].startswith("WEBVTT")
     assert finished["duration"] == pytest.approx(len(audio) / SAMPLE_RATE, abs=0.05)
-    _wait_for(lambda: app.state.queue.in_flight == 0)
+    _wait_for(lambda: app.state.server.queue.in_flight == 0)
 
 
 def test_disconnect_midway_frees_the_slot_and_the_stream(one_stream, clips):
@@ -122,11 +122,11 @@ def test_disconnect_midway_frees_the_slot_and_the_stream(one_stream, clips):
     audio = clips[0][0]
     with connect(url) as ws:
         json.loads(ws.recv(timeout=30))
-        assert app.state.queue.in_flight == 1  # a stream holds one queue slot while it is open
+        assert app.state.server.queue.in_flight == 1  # a stream holds one queue slot while it is open
         ws.send(_pcm16(audio[: 4 * SAMPLE_RATE]))
         assert _events(ws, "input_audio_buffer.speech_started")  # the session is decoding now
         ws.close()
-    _wait_for(lambda: app.state.queue.in_flight == 0)
+    _wait_for(lambda: app.state.server.queue.in_flight == 0)
     with connect(url) as again:  # max_streams=1: the stream count came back down too
         assert json.loads(again.recv(timeout=30))["type"] == "transcription_session.created"
 
@@ -188,6 +188,27 @@ def test_api_key_is_required_as_on_the_http_routes(transcriber):
             assert json.loads(ws.recv(timeout=30))["type"] == "transcription_session.created"
 
 
+def test_a_foreign_web_page_cannot_open_a_stream(transcriber):
+    """The guard middleware sees only HTTP; the handshake must get the same origin rule (403) and key rule (401),
+    or any web site could make its visitors' browsers stream to a server on their machine."""
+    _app, running = _server(transcriber, api_key="sesame", cors_origins=("https://app.example",))
+    with running as base:
+        url = base.replace("http://", "ws://") + "/v1/realtime"
+        key = ["realtime", "openai-insecure-api-key.sesame"]
+        for origin in ("https://evil.example", "null", base.replace("127.0.0.1", "127.0.0.2")):
+            with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+                connect(url, origin=origin, subprotocols=key)  # the right key does not help a foreign page
+            assert refused.value.response.status_code == 403, origin
+            assert json.loads(refused.value.response.body)["error"]["code"] == "origin_not_allowed"
+        for subprotocols in (["realtime"], ["realtime", "openai-insecure-api-key.sesamf"]):
+            with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+                connect(url, origin=base, subprotocols=subprotocols)  # the server's own page, without the key
+            assert refused.value.response.status_code == 401
+        for origin in (base, "https://app.example"):  # its own page, and an origin given with --cors-origin
+            with connect(url, origin=origin, subprotocols=key) as ws:
+                assert json.loads(ws.recv(timeout=30))["type"] == "transcription_session.created"
+
+
 def test_idle_stream_times_out_and_bad_query_is_refused(transcriber):
     app, running = _server(transcriber, live=LiveLimits(max_streams=2, idle_timeout_s=1.0))
     with running as base:
@@ -202,7 +223,7 @@ def test_idle_stream_times_out_and_bad_query_is_refused(transcriber):
         with connect(url + "?language=xx") as ws:
             refusal = json.loads(ws.recv(timeout=30))
             assert refusal["error"]["param"] == "session.input_audio_transcription.language"
-        _wait_for(lambda: app.state.queue.in_flight == 0)
+        _wait_for(lambda: app.state.server.queue.in_flight == 0)
 
 
 def _wait_for(condition, timeout: float = 120.0) -> None:  # noqa: ANN001
@@ -217,6 +238,8 @@ def test_serve_refuses_more_streams_than_queue_slots(capsys):
 
     assert main(["serve", "--max-streams", "16", "--max-queue", "16"]) == 2
     assert "--max-streams 16: must be below --max-queue" in capsys.readouterr().err
+    assert main(["serve", "--stream-max-buffer", "10"]) == 2  # cannot hold one utterance (cut at 25 s)
+    assert "max_buffer_seconds must be at least 30" in capsys.readouterr().err
 
 
 def test_a_client_sending_faster_than_real_time_is_slowed_down_not_stuck(transcriber):
@@ -231,4 +254,4 @@ def test_a_client_sending_faster_than_real_time_is_slowed_down_not_stuck(transcr
         ws.send(json.dumps({"type": "transcription_session.finish"}))
         finished = _events(ws, "transcription_session.finished", timeout=120)[-1]
     assert finished["text"] == "" and finished["duration"] == pytest.approx(120.0, abs=0.1)
-    _wait_for(lambda: app.state.queue.in_flight == 0)
+    _wait_for(lambda: app.state.server.queue.in_flight == 0)

@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--output {output}: the suffix must be one of {', '.join('.' + f for f in FORMATS)}")
     options = decode_options(args)
     audio = load_audio(args.file)
-    transcriber = load_transcriber(args)
+    # the session decodes with word times (what local agreement compares): check the model and engine give them
+    transcriber = load_transcriber(args, options.with_(word_timestamps=True))
     session = LiveSession(options)
     started = time.perf_counter()
     _print_events(play(session, audio, lambda r: transcriber.transcribe_batch([r.audio], r.options)[0], speed=speed),

@@ -1,14 +1,20 @@
 """The live-transcription WebSocket endpoint, ``/v1/realtime``: OpenAI's realtime transcription events over a
 :class:`~whisper_zh.live.LiveSession` per connection.
 
-:func:`live_router` returns the FastAPI router that ``create_app`` mounts. Every stream decodes through the
-server's :class:`~whisper_zh.serving_queue.BatchingQueue` (one slot per stream, held while it is open), so N streams
-share the one model and their decodes are batched together. Limits: at most ``max_streams`` streams (one more is
-refused with an ``error`` event and close code 1013), ``max_buffer_seconds`` of audio held per stream (beyond it the
-server stops reading the socket until decoding catches up), an idle timeout, a size limit per message, and the
-server's API key (an ``Authorization: Bearer`` header, or OpenAI's browser subprotocol
-``openai-insecure-api-key.KEY``). A client that goes away frees its slot at once (or as soon as a decode already
-running finishes). The protocol is documented in the README ("Live transcription").
+:data:`router` is one of the app's :data:`~whisper_zh.server.routes.ROUTERS`; the route reads the app's
+:class:`~whisper_zh.server.state.ServerState`. Every stream decodes through the server's
+:class:`~whisper_zh.server.queue.BatchingQueue` (one slot per stream, held while it is open), so N streams share the
+one model and their decodes are batched together. Limits (:class:`~whisper_zh.server.config.LiveLimits`): at most
+``max_streams`` streams (one more is refused with an ``error`` event and close code 1013), ``max_buffer_seconds`` of
+audio held per stream (beyond it the server stops reading the socket until decoding catches up), an idle timeout and
+a size limit per message.
+
+Who may connect is decided by the HTTP guard's own rule, :func:`~whisper_zh.server.guard.access_refusal` (the guard
+middleware sees only HTTP scopes, so this route applies it to the handshake): the browser origin (a cross-site page
+must not open a stream to a local server; 403) and the server's API key (401), as an ``Authorization: Bearer``
+header or, from a browser, which cannot set headers, in OpenAI's subprotocol ``openai-insecure-api-key.KEY``.
+A client that goes away frees its slot at once (or as soon as a decode already running finishes). The protocol is
+documented in the README ("Live transcription").
 """
 
 from __future__ import annotations
@@ -22,13 +28,12 @@ import json
 import logging
 import secrets
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import soxr
 from fastapi import APIRouter, WebSocket
-from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
@@ -45,7 +50,11 @@ from whisper_zh.live import (
     SpeechStarted,
     SpeechStopped,
 )
-from whisper_zh.serving_queue import BatchingQueue, QueueClosedError, QueueFullError, Slot
+from whisper_zh.server.config import LiveLimits
+from whisper_zh.server.errors import ApiError
+from whisper_zh.server.guard import access_refusal
+from whisper_zh.server.queue import QueueClosedError, QueueFullError, Slot
+from whisper_zh.server.state import ServerState
 from whisper_zh.writers import format_transcription
 
 logger = logging.getLogger(__name__)
@@ -55,23 +64,17 @@ FORMATS = ("pcm16", "float32")  # little-endian mono samples
 SUBPROTOCOL = "realtime"
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
 SAMPLE_RATES = (8000, 96000)  # accepted input rates (resampled to 16 kHz)
+BUFFER_SLACK_SECONDS = 5.0  # the buffer must hold the longest utterance and this much audio behind it
+
+router = APIRouter()
 
 
-@dataclass(frozen=True)
-class LiveLimits:
-    """The live endpoint's limits (``whisper-zh serve`` flags)."""
-
-    max_streams: int = 4
-    max_buffer_seconds: float = 60.0  # audio held per stream before the server stops reading its socket
-    idle_timeout_s: float = 30.0  # a stream that sends nothing this long is closed
-    max_message_bytes: int = 1 << 20
-    live: LiveOptions = field(default_factory=LiveOptions)
-
-    def __post_init__(self) -> None:
-        if self.max_streams < 0:
-            raise ValueError("max_streams must be 0 (live transcription off) or more")
-        if self.max_buffer_seconds < self.live.max_item_seconds + 5:
-            raise ValueError(f"max_buffer_seconds must be at least {self.live.max_item_seconds + 5:.0f}")
+def session_options(limits: LiveLimits) -> LiveOptions:
+    """The sessions' options under ``limits``; ValueError if the buffer cap cannot hold the longest utterance."""
+    options = limits.options if limits.options is not None else LiveOptions()
+    if limits.max_buffer_seconds < options.max_item_seconds + BUFFER_SLACK_SECONDS:
+        raise ValueError(f"max_buffer_seconds must be at least {options.max_item_seconds + BUFFER_SLACK_SECONDS:.0f}")
+    return options
 
 
 class _Refused(Exception):
@@ -82,86 +85,63 @@ class _Refused(Exception):
         self.code, self.message, self.param = code, message, param
 
 
-class _Streams:
-    """How many streams are open (per app: no global state)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.open = limit, 0
-
-    def take(self) -> bool:
-        if self.open >= self.limit:
-            return False
-        self.open += 1
-        return True
-
-    def give_back(self) -> None:
-        self.open -= 1
-
-
-def live_router(queue: BatchingQueue, transcriber: Any, *, decode: DecodeOptions, api_key: str | None,
-                limits: LiveLimits) -> APIRouter:
-    """The ``/v1/realtime`` WebSocket route. ``decode`` holds the server's decoding defaults; a session's
-    language, prompt and script override them."""
-    router = APIRouter()
-    streams = _Streams(limits.max_streams)
-    model = getattr(getattr(transcriber, "info", None), "name", "whisper")
-    aligns = bool(getattr(getattr(transcriber, "decoder", None), "aligns_words", True))
-    languages = frozenset(getattr(transcriber, "languages", ()) or ())
-
-    @router.websocket(PATH)
-    async def realtime(ws: WebSocket) -> None:
-        if not _authorised(ws, api_key):
-            await _deny(ws)
-            return
-        await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in ws.scope.get("subprotocols", ()) else None)
+@router.websocket(PATH)
+async def realtime(ws: WebSocket) -> None:
+    state: ServerState = ws.app.state.server
+    limits = state.config.live
+    error = _access_refusal(ws, state)
+    if error is not None:
+        await _deny(ws, error)
+        return
+    await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in ws.scope.get("subprotocols", ()) else None)
+    try:
+        settings = _SessionSettings.from_query(ws, state.config.decode, state.model.name, state.model.languages)
+    except _Refused as exc:
+        await _refuse(ws, exc.code, exc.message, 1008, exc.param)
+        return
+    refusal = _unavailable(state)
+    if refusal is not None:
+        await _refuse(ws, "unsupported", refusal, 1003)
+        return
+    if not state.streams.try_enter():
+        await _refuse(ws, "max_streams_reached", f"this server takes at most {limits.max_streams} live streams "
+                      "at once; try again later", 1013)
+        return
+    try:
         try:
-            settings = _SessionSettings.from_query(ws, decode, model, languages)
-        except _Refused as exc:
-            await _refuse(ws, exc.code, exc.message, 1008, exc.param)
+            slot = state.queue.acquire()
+        except (QueueFullError, QueueClosedError) as exc:
+            await _refuse(ws, "server_busy", str(exc), 1013)
             return
-        if not aligns:
-            await _refuse(ws, "unsupported", f"live transcription needs the ctranslate2 engine, not "
-                          f"{transcriber.decoder.name}", 1003)
-            return
-        if not limits.max_streams:
-            await _refuse(ws, "unsupported", "live transcription is off on this server (--max-streams 0)", 1003)
-            return
-        if not streams.take():
-            await _refuse(ws, "max_streams_reached", f"this server takes at most {limits.max_streams} live streams "
-                          "at once; try again later", 1013)
-            return
-        try:
-            try:
-                slot = queue.acquire()
-            except (QueueFullError, QueueClosedError) as exc:
-                await _refuse(ws, "server_busy", str(exc), 1013)
-                return
-            await _Connection(ws, slot, settings, limits).run()
-        finally:
-            streams.give_back()
-
-    return router
+        await _Connection(ws, slot, settings, limits).run()
+    finally:
+        state.streams.leave()
 
 
-def _authorised(ws: WebSocket, api_key: str | None) -> bool:
-    """The HTTP routes' rule: the server's key as a Bearer token (or, from a browser, which cannot set headers,
-    in OpenAI's subprotocol ``openai-insecure-api-key.KEY``)."""
-    if not api_key:
-        return True
-    auth = ws.headers.get("authorization", "")
-    tokens = [auth[7:].strip()] if auth.lower().startswith("bearer ") else []
-    tokens += [p[len(KEY_SUBPROTOCOL):] for p in ws.scope.get("subprotocols", ()) if p.startswith(KEY_SUBPROTOCOL)]
-    return any(secrets.compare_digest(t.encode(), api_key.encode()) for t in tokens if t)
+def _access_refusal(ws: WebSocket, state: ServerState) -> ApiError | None:
+    """The guard's origin and key rule, applied to the handshake (a browser's key comes as a subprotocol)."""
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in ws.scope["headers"]}
+    keys = [p[len(KEY_SUBPROTOCOL):] for p in ws.scope.get("subprotocols", ()) if p.startswith(KEY_SUBPROTOCOL)]
+    return access_refusal(headers, state.config, other_keys=keys)
 
 
-async def _deny(ws: WebSocket) -> None:
-    """Refuse the handshake with HTTP 401 in OpenAI's error shape (close code 1008 where the server cannot)."""
-    body = {"error": {"message": "missing or incorrect API key: send 'Authorization: Bearer KEY'",
-                      "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
+def _unavailable(state: ServerState) -> str | None:
+    """Why this server cannot stream at all, or None."""
+    decoder = getattr(state.transcriber, "decoder", None)
+    if not getattr(decoder, "aligns_words", True):
+        return f"live transcription needs the ctranslate2 engine, not {decoder.name}"
+    if not state.config.live.max_streams:
+        return "live transcription is off on this server (--max-streams 0)"
+    return None
+
+
+async def _deny(ws: WebSocket, error: ApiError) -> None:
+    """Refuse the handshake with the HTTP status and OpenAI-shaped body the HTTP routes would answer (close code
+    1008 where the server cannot send an HTTP answer to a WebSocket handshake)."""
     if "websocket.http.response" in ws.scope.get("extensions", {}):
-        await ws.send_denial_response(JSONResponse(body, status_code=401))
+        await ws.send_denial_response(error.response())
     else:
-        await ws.close(code=1008, reason="invalid_api_key")
+        await ws.close(code=1008, reason=error.code or "refused")
 
 
 async def _refuse(ws: WebSocket, code: str, message: str, close_code: int, param: str | None = None) -> None:
@@ -222,7 +202,8 @@ class _SessionSettings:
         return {
             "id": session_id, "object": "realtime.transcription_session", "input_audio_format": self.input_format,
             "input_audio_transcription": {"model": self.model, "language": d.language, "prompt": d.initial_prompt},
-            "turn_detection": {"type": "server_vad", "silence_duration_ms": round(limits.live.pause_seconds * 1000)},
+            "turn_detection": {"type": "server_vad",
+                               "silence_duration_ms": round(session_options(limits).pause_seconds * 1000)},
             "sample_rate": self.sample_rate, "script": d.script,
             "limits": {"max_buffer_seconds": limits.max_buffer_seconds, "idle_timeout_seconds": limits.idle_timeout_s,
                        "max_message_bytes": limits.max_message_bytes},
@@ -281,7 +262,7 @@ class _Connection:
     def __init__(self, ws: WebSocket, slot: Slot, settings: _SessionSettings, limits: LiveLimits) -> None:
         self.ws, self.slot, self.settings, self.limits = ws, slot, settings, limits
         self.id = "sess_" + secrets.token_hex(8)
-        self.session = LiveSession(settings.decode, limits.live, name="item_" + self.id[5:])
+        self.session = LiveSession(settings.decode, session_options(limits), name="item_" + self.id[5:])
         self.samples = _Samples(settings)
         self.event_ids = itertools.count(1)
         self.send_lock = asyncio.Lock()
