@@ -54,7 +54,7 @@ from whisper_zh.server.config import LiveLimits
 from whisper_zh.server.errors import ApiError
 from whisper_zh.server.guard import access_refusal
 from whisper_zh.server.queue import QueueClosedError, QueueFullError, Slot
-from whisper_zh.server.state import ServerState
+from whisper_zh.server.state import ServerState, StreamGate
 from whisper_zh.writers import format_transcription
 
 logger = logging.getLogger(__name__)
@@ -108,14 +108,12 @@ async def realtime(ws: WebSocket) -> None:
                       "at once; try again later", 1013)
         return
     try:
-        try:
-            slot = state.queue.acquire()
-        except (QueueFullError, QueueClosedError) as exc:
-            await _refuse(ws, "server_busy", str(exc), 1013)
-            return
-        await _Connection(ws, slot, settings, limits).run()
-    finally:
+        slot = state.queue.acquire()
+    except (QueueFullError, QueueClosedError) as exc:
         state.streams.leave()
+        await _refuse(ws, "server_busy", str(exc), 1013)
+        return
+    await _Connection(ws, slot, state.streams, settings, limits).run()  # frees the slot and the stream
 
 
 def _access_refusal(ws: WebSocket, state: ServerState) -> ApiError | None:
@@ -259,8 +257,10 @@ class _Connection:
     """One open stream: a reader (client frames into the session) and a decoder (the session's requests through
     the batching queue, events back), both stopped and everything freed when either ends."""
 
-    def __init__(self, ws: WebSocket, slot: Slot, settings: _SessionSettings, limits: LiveLimits) -> None:
-        self.ws, self.slot, self.settings, self.limits = ws, slot, settings, limits
+    def __init__(self, ws: WebSocket, slot: Slot, streams: StreamGate, settings: _SessionSettings,
+                 limits: LiveLimits) -> None:
+        self.ws, self.slot, self.streams, self.settings, self.limits = ws, slot, streams, settings, limits
+        self.released = False
         self.id = "sess_" + secrets.token_hex(8)
         self.session = LiveSession(settings.decode, session_options(limits), name="item_" + self.id[5:])
         self.samples = _Samples(settings)
@@ -273,23 +273,30 @@ class _Connection:
         self.finishing = False
 
     async def run(self) -> None:
-        await self._send({"type": "transcription_session.created",
-                          "session": self.settings.describe(self.id, self.limits)})
-        reader = asyncio.ensure_future(self._read())
-        decoder = asyncio.ensure_future(self._decode())
+        reader = decoder = None
         try:
+            await self._send({"type": "transcription_session.created",
+                              "session": self.settings.describe(self.id, self.limits)})
+            reader = asyncio.ensure_future(self._read())
+            decoder = asyncio.ensure_future(self._decode())
             await asyncio.wait({reader, decoder}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (reader, decoder):
+            tasks = [task for task in (reader, decoder) if task is not None]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(reader, decoder, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            # Before the close frame: a client that reconnects as soon as it sees the close finds the stream free.
             self._release()
             if self.ws.application_state != WebSocketState.DISCONNECTED:
                 with contextlib.suppress(RuntimeError, WebSocketDisconnect):
                     await self.ws.close(code=1000)
 
     def _release(self) -> None:
-        """Free the slot now, or when the decode already inside the model finishes."""
+        """Free the stream now, and the slot now or when the decode already inside the model finishes."""
+        if self.released:
+            return
+        self.released = True
+        self.streams.leave()
         future, self.future = self.future, None
         if future is not None and not future.done() and not future.cancel():
             future.add_done_callback(lambda _f: self.slot.release())
@@ -403,8 +410,7 @@ class _Connection:
                           "segments": [{"id": s.id, "start": s.start, "end": s.end, "text": s.text}
                                        for s in result.segments],
                           "formats": {fmt: format_transcription(result, fmt) for fmt in ("txt", "srt", "vtt")}})
-        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-            await self.ws.close(code=1000)
+        # run() closes the socket once the stream and its slot are free
 
     async def _events(self, events: list[LiveEvent]) -> None:
         for event in events:
