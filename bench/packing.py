@@ -4,8 +4,8 @@ whisper-zh packs short clips several to a 30 s window (most of its speed on many
 must not cross or fall out at a pack boundary. For each clip this compares the packed transcript with the same
 clip decoded on its own (both through Transcriber, default options otherwise, word times on):
   differ        clips whose text differs at all (after the scoring normaliser)
-  lost/gained   characters of the alone transcript missing from (or extra in) the packed one within 1 s of the
-                clip's start or end (character times from the alone decode's word times)
+  lost/gained   reference characters within 1 s of the clip's start or end that the packed transcript drops
+                and the alone one keeps (or extra characters packing adds at the clip's edges)
   CER           against the references, alone and packed, with 95 % CIs and the paired difference
 Run: .venv/bin/python bench/packing.py [--clips 500] [--first 0]
 """
@@ -29,34 +29,30 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed_chars(result) -> list[tuple[str, float]]:
-    """(character, time) for every letter or digit of the transcript, from its word's midpoint."""
-    out = []
-    for segment in result.segments:
-        for word in segment.words or ():
-            for ch in word.word:
-                if ch.isalnum():
-                    out.append((ch.lower(), (word.start + word.end) / 2))
-    return out
-
-
-def boundary_changes(alone, packed, duration: float) -> tuple[int, int]:
-    """(characters lost, characters gained) within EDGE seconds of the clip's edges, packed against alone."""
+def edge_errors(ref: str, hyp: str, chars_per_second: float) -> tuple[set[int], int]:
+    """(reference positions deleted within EDGE seconds of either end, characters inserted before the first or
+    after the last reference character); positions near an end are the first/last EDGE * rate characters."""
     import jiwer
 
-    ref = timed_chars(alone)
-    hyp = "".join(c for c, _ in timed_chars(packed))
     if not ref:
-        return 0, len(hyp)
-    near = [t < EDGE or t > duration - EDGE for _, t in ref]
-    lost = gained = 0
-    for chunk in jiwer.process_characters("".join(c for c, _ in ref), hyp or "-").alignments[0]:
-        if chunk.type in ("delete", "substitute"):
-            lost += sum(near[chunk.ref_start_idx : chunk.ref_end_idx]) if chunk.type == "delete" else 0
-        elif chunk.type == "insert":
-            at_edge = chunk.ref_start_idx == 0 or chunk.ref_start_idx >= len(ref)
-            gained += (chunk.hyp_end_idx - chunk.hyp_start_idx) if at_edge else 0
-    return lost, gained
+        return set(), len(hyp)
+    near = max(1, round(EDGE * chars_per_second))
+    deleted, inserted = set(), 0
+    for chunk in jiwer.process_characters(ref, hyp or "-").alignments[0]:
+        if chunk.type == "delete":
+            deleted |= {i for i in range(chunk.ref_start_idx, chunk.ref_end_idx) if i < near or i >= len(ref) - near}
+        elif chunk.type == "insert" and (chunk.ref_start_idx == 0 or chunk.ref_start_idx >= len(ref)):
+            inserted += chunk.hyp_end_idx - chunk.hyp_start_idx
+    return deleted, inserted
+
+
+def boundary_changes(ref: str, alone: str, packed: str, duration: float) -> tuple[int, int]:
+    """Reference characters within EDGE s of the clip's edges that packing loses (deleted packed, not alone), and
+    characters it adds at the edges (inserted packed beyond what alone inserts)."""
+    rate = len(ref) / max(duration, 0.1)
+    lost_packed, added_packed = edge_errors(ref, packed, rate)
+    lost_alone, added_alone = edge_errors(ref, alone, rate)
+    return len(lost_packed - lost_alone), max(0, added_packed - added_alone)
 
 
 def main() -> int:
@@ -76,7 +72,7 @@ def main() -> int:
     runs: dict = {}
     for name, pack in (("alone", False), ("packed", True)):
         started, cpu = time.perf_counter(), cpu_seconds()
-        runs[name] = transcriber.transcribe_batch(paths, DecodeOptions(pack=pack, word_timestamps=True))
+        runs[name] = transcriber.transcribe_batch(paths, DecodeOptions(pack=pack))
         runs[name + "_cost"] = (time.perf_counter() - started, cpu_seconds() - cpu)
         bad = [r for r in runs[name] if not hasattr(r, "segments")]
         if bad:
@@ -86,8 +82,8 @@ def main() -> int:
     alone = [r.text for r in runs["alone"]]
     packed = [r.text for r in runs["packed"]]
     differ = sum(normalize(a) != normalize(p) for a, p in zip(alone, packed, strict=True))
-    changes = [boundary_changes(a, p, r["duration"]) for a, p, r in zip(runs["alone"], runs["packed"], rows,
-                                                                         strict=True)]
+    changes = [boundary_changes(normalize(r["text"]), normalize(a), normalize(p), r["duration"])
+               for a, p, r in zip(alone, packed, rows, strict=True)]
     lost, gained = sum(c[0] for c in changes), sum(c[1] for c in changes)
     a_cer, p_cer = (cer(refs, texts, normalizer=normalize, n_resamples=1000) for texts in (alone, packed))
     scored = {name: [align_texts(r, h, "char", normalizer=normalize) for r, h in zip(refs, texts, strict=True)]

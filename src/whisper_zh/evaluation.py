@@ -17,7 +17,7 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -40,6 +40,7 @@ from whisper_zh.normalize import TextNormalizer
 
 if TYPE_CHECKING:
     from whisper_zh.decoding import DecodeOptions
+    from whisper_zh.results import Transcription
     from whisper_zh.transcriber import Transcriber
 
 REPORT_VERSION = 1
@@ -199,8 +200,6 @@ def evaluate(
     if not utterances:
         raise DataError(f"{source.location}: {no_usable_rows(source.problems)}")
     bar = _progress_bar(utterances, progress)
-    predictions: list[Prediction] = []
-    audio_seconds = 0.0
     started = time.perf_counter()
     results: dict[int, Any] = {}
     for index, result in transcriber.transcribe_iter(
@@ -212,6 +211,37 @@ def evaluate(
     wall = time.perf_counter() - started
     if bar is not None:
         bar.close()
+    return evaluation_from_results(
+        utterances,
+        results,
+        source,
+        options,
+        model=asdict(transcriber.info),  # the engine, storage and compute types that really ran
+        wall_seconds=wall,
+        scorings=scorings,
+        n_resamples=n_resamples,
+        seed=seed,
+        diagnostics=diagnostics,
+    )
+
+
+def evaluation_from_results(
+    utterances: Sequence[Utterance],
+    results: Mapping[int, Transcription | AudioError],
+    source: DataSource,
+    options: DecodeOptions,
+    *,
+    model: dict[str, Any],
+    wall_seconds: float,
+    scorings: dict[str, TextNormalizer] | None = None,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    diagnostics: str = "plain",
+) -> Evaluation:
+    """Score ``results`` (utterance index -> transcription or the AudioError of its input) into an evaluation:
+    what :func:`evaluate` does once it has transcribed, for transcriptions made elsewhere (e.g. on Ray)."""
+    predictions: list[Prediction] = []
+    audio_seconds = 0.0
     for index, utt in enumerate(utterances):
         result = results.get(index)
         audio = utt.audio if isinstance(utt.audio, str) else "<array>"
@@ -224,11 +254,10 @@ def evaluate(
             Prediction(utt.id, utt.text, result.text, audio, utt.duration or result.duration, utt.speaker)
         )
     scores = score_predictions(predictions, scorings, n_resamples=n_resamples, seed=seed, dropped=source.problems)
-    model = asdict(transcriber.info)  # the engine, storage and compute types that really ran
     timing = {
-        "wall_seconds": round(wall, 3),
+        "wall_seconds": round(wall_seconds, 3),
         "audio_seconds": round(audio_seconds, 3),
-        "real_time_factor": round(wall / audio_seconds, 4) if audio_seconds else None,
+        "real_time_factor": round(wall_seconds / audio_seconds, 4) if audio_seconds else None,
     }
     return build_evaluation(
         scores,

@@ -32,7 +32,7 @@ from whisper_zh.errors import AudioError, UsageError
 from whisper_zh.models import resolve_model
 from whisper_zh.results import Transcription
 from whisper_zh.segments import Piece, build_segments
-from whisper_zh.vad import Span, load_detector
+from whisper_zh.vad import Span, load_detector, speech_regions
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +174,8 @@ class _Run:
         self._assign_languages(files)
         pack = self.options.pack and self.decoder.aligns_words
         packable = [f for f in files if pack and f.duration <= PACK_MAX_CLIP]
+        for file in packable:  # where each clip's speech is, to tell whether its words all came back
+            file.regions = speech_regions(file.audio) if self.options.vad else None
         tasks: list[_Task] = [self._stream(f, span) for f in files if f not in packable
                               for span in stream_spans(f, use_vad=self.options.vad)]
         tasks += [_Pack(window) for window in make_packs(packable)]
@@ -327,7 +329,10 @@ class _Stream:
         text = "".join(s.text for s in kept).strip() if trusted else ""
         self.context = (((self.context or "") + text)[-CONTEXT_CHARS:] or None) if trusted else None
         position = window.offset + step
-        self.done = self.span.end - position < MIN_WINDOW
+        # Nothing left to hear (VAD hears no speech in the rest): decoding silence only invites hallucinated text.
+        self.done = self.span.end - position < MIN_WINDOW or (
+            self.file.regions is not None and not speech_after(self.file, position, self.span.end)
+        )
         if not self.done:
             self.head = window_at(self.file, position, self.span.end)
         return [(self.file, step if self.credit else 0.0)]

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from whisper_zh.commands.common import add_model_arguments, decode_options, ensure_writable, load_transcriber
+from whisper_zh.commands.ray_jobs import add_ray_arguments, evaluate_with_ray
 from whisper_zh.data import FORMATS
 from whisper_zh.errors import UsageError
 from whisper_zh.metrics import DEFAULT_RESAMPLES
@@ -75,6 +76,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_ray_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -105,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     check_source(source)  # every row unusable: say so now, before the model loads
     output_dir = Path(args.output_dir or _default_output_dir(args.model, args.data))
     ensure_writable(output_dir)  # fail now, not after an hour of transcription
+    if args.ray is not None:  # many machines: transcribe on Ray, score the same way (whisper_zh.commands.ray_jobs)
+        return evaluate_with_ray(args, source, options, scorings, output_dir, _print_summary)
     started = time.perf_counter()
     transcriber = load_transcriber(args, options)
     load_seconds = time.perf_counter() - started

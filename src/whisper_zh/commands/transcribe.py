@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from whisper_zh.audio import audio_duration
 from whisper_zh.commands.common import add_model_arguments, decode_options, ensure_writable, load_transcriber
+from whisper_zh.commands.ray_jobs import RAY_FORMATS, add_ray_arguments, transcribe_with_ray
 from whisper_zh.errors import AudioError, UsageError
 from whisper_zh.files import atomic_write_text
 from whisper_zh.inputs import expand_inputs
@@ -31,7 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "inputs", nargs="+", help="audio/video files, directories, or JSONL manifests with 'audio'"
     )
     add_model_arguments(p)
-    p.add_argument("--format", choices=FORMATS, default="txt", help="output file format (default: txt)")
+    p.add_argument("--format", choices=FORMATS + RAY_FORMATS, default="txt",
+                   help="output file format (default: txt); with --ray also jsonl (shards only) or manifest "
+                   "(pseudo-labels for finetune)")
     p.add_argument(
         "--output-dir", default=None,
         help="write one file per input here, mirroring the inputs' folders where names would clash "
@@ -52,6 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--allow-truncated", action="store_true",
         help="transcribe the part of a file cut short that decodes (with a warning) instead of failing on it",
     )
+    add_ray_arguments(p, manifest=True)
     p.set_defaults(func=run)
 
 
@@ -69,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
             return 1
         raise UsageError("no audio files found in the given inputs")
     sources = inputs.paths
+    if args.ray is not None:  # many machines: the job runs on Ray (whisper_zh.commands.ray_jobs)
+        return transcribe_with_ray(args, sources, [f.output for f in inputs.files], options)
+    if args.format in RAY_FORMATS:
+        raise UsageError(f"--format {args.format} needs --ray (it is the format of a Ray job's results)")
     output_dir = Path(args.output_dir) if args.output_dir else None
     if output_dir is not None:
         ensure_writable(output_dir)
