@@ -113,7 +113,13 @@ async def realtime(ws: WebSocket) -> None:
         state.streams.leave()
         await _refuse(ws, "server_busy", str(exc), 1013)
         return
-    await _Connection(ws, slot, state.streams, settings, limits).run()  # frees the slot and the stream
+    try:
+        connection = _Connection(ws, slot, state.streams, settings, limits)
+    except BaseException:
+        slot.release()
+        state.streams.leave()
+        raise
+    await connection.run()  # frees the stream and the slot, whatever happens
 
 
 def _access_refusal(ws: WebSocket, state: ServerState) -> ApiError | None:
