@@ -106,10 +106,12 @@ def _has_chinese(text: str) -> bool:
 
 def test_live_mode_shows_text_as_it_is_spoken(page, server_url, microphone, clips):
     _path, speech_end = microphone
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
     page.goto(server_url + "/")
-    page.wait_for_function("document.getElementById('model-name').textContent === 'base'")
+    page.wait_for_function("() => document.getElementById('model-name').textContent === 'base'")
     page.click("#live")
-    page.wait_for_function("document.body.dataset.state === 'live'", timeout=30_000)
+    page.wait_for_function("() => document.body.dataset.state === 'live'", timeout=30_000)
     started = time.monotonic()  # the fake microphone starts with the capture: the file's time runs from here
 
     first_text_at = None
@@ -138,9 +140,11 @@ def test_live_mode_shows_text_as_it_is_spoken(page, server_url, microphone, clip
     assert styles[0] != styles[1] and styles[2] == "italic", styles
 
     page.click("#live")  # stop: the page asks the server to finish and waits for the final transcript
-    page.wait_for_function("['done', 'error'].includes(document.body.dataset.state)", timeout=180_000)
+    page.wait_for_function("() => ['done', 'error'].includes(document.body.dataset.state)", timeout=180_000)
     page.screenshot(path=str(_output_dir() / "live-done.png"), full_page=True)
     assert page.evaluate("document.body.dataset.state") == "done", page.inner_text("#status")
+    # the microphone worklet and the WebSocket run under the page's CSP (script-src and connect-src 'self')
+    assert not [m for m in console if "Content Security Policy" in m or "Refused to" in m], console
     final = "".join(page.locator("#transcript .committed").all_inner_texts())
     assert page.locator("#transcript .partial").all_inner_texts() == [""] * len(page.locator("#transcript li").all())
     reference = "".join(c["text"] for c in clips)

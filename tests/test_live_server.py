@@ -171,7 +171,7 @@ def test_garbage_gets_error_events_and_the_stream_goes_on(one_stream, clips):
 
 
 def test_api_key_is_required_as_on_the_http_routes(transcriber):
-    _app, running = _server(transcriber, api_key="sesame")
+    app, running = _server(transcriber, api_key="sesame")
     with running as base:
         url = base.replace("http://", "ws://") + "/v1/realtime"
         for headers in ({}, {"Authorization": "Bearer wrong"}):
@@ -183,6 +183,8 @@ def test_api_key_is_required_as_on_the_http_routes(transcriber):
             connect(url, subprotocols=["realtime", "openai-insecure-api-key.wrong"])
         with connect(url, additional_headers={"Authorization": "Bearer sesame"}) as ws:
             assert json.loads(ws.recv(timeout=30))["type"] == "transcription_session.created"
+        # the client closed (the protocol answers its close frame before the endpoint has seen it): max_streams=1
+        _wait_for(lambda: app.state.server.streams.open == 0)
         # a browser cannot set headers: OpenAI's subprotocol carries the key
         with connect(url, subprotocols=["realtime", "openai-insecure-api-key.sesame"]) as ws:
             assert ws.subprotocol == "realtime"
@@ -192,7 +194,7 @@ def test_api_key_is_required_as_on_the_http_routes(transcriber):
 def test_a_foreign_web_page_cannot_open_a_stream(transcriber):
     """The guard middleware sees only HTTP; the handshake must get the same origin rule (403) and key rule (401),
     or any web site could make its visitors' browsers stream to a server on their machine."""
-    _app, running = _server(transcriber, api_key="sesame", cors_origins=("https://app.example",))
+    app, running = _server(transcriber, api_key="sesame", cors_origins=("https://app.example",))
     with running as base:
         url = base.replace("http://", "ws://") + "/v1/realtime"
         key = ["realtime", "openai-insecure-api-key.sesame"]
@@ -206,6 +208,7 @@ def test_a_foreign_web_page_cannot_open_a_stream(transcriber):
                 connect(url, origin=base, subprotocols=subprotocols)  # the server's own page, without the key
             assert refused.value.response.status_code == 401
         for origin in (base, "https://app.example"):  # its own page, and an origin given with --cors-origin
+            _wait_for(lambda: app.state.server.streams.open == 0)  # max_streams=1, the last client just left
             with connect(url, origin=origin, subprotocols=key) as ws:
                 assert json.loads(ws.recv(timeout=30))["type"] == "transcription_session.created"
 
