@@ -136,6 +136,21 @@ def test_openai_client_every_response_format(server, manifest):
     assert starts == sorted(starts) and words[-1].end <= clip["duration"] + 0.01
 
 
+def test_subtitles_are_the_same_cues_the_command_line_writes(server, transcriber, manifest, tmp_path):
+    """srt/vtt answers are cut into cues at word times, as `whisper-zh transcribe --format srt` cuts them
+    (the server used to decode subtitles without word times, so its cues differed from the CLI's)."""
+    from whisper_zh import DecodeOptions
+    from whisper_zh.writers import format_transcription
+
+    path = tmp_path / "talk.wav"
+    path.write_bytes(_long_wav(manifest, CLIP_IDS))  # ~24 s: decoded as a stream, not packed with others
+    expected = transcriber.transcribe(str(path), DecodeOptions(word_timestamps=True))
+    for fmt in ("srt", "vtt"):
+        response = _post(server, path, name="talk.wav", response_format=fmt)
+        assert response.status_code == 200, response.text
+        assert response.text == format_transcription(expected, fmt)
+
+
 def test_openai_client_lists_models_and_maps_errors(server, manifest):
     import openai
 

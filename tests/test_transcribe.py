@@ -140,6 +140,13 @@ def test_hotwords_and_initial_prompt_steer_domain_terms(transcriber, example_cli
     assert "内因" in transcriber.transcribe(path, DecodeOptions(initial_prompt="内因和外因的指标。")).text
 
 
+@pytest.mark.parametrize("changes", [{"initial_prompt": "经济"}, {"language": None}], ids=["own-prompt", "auto"])
+def test_a_users_prompt_or_detected_language_keeps_sentence_punctuation(transcriber, aishell_rows, changes):
+    rows = aishell_rows[200:206]  # a bare term list as the prompt used to make Whisper stop punctuating
+    results = transcriber.transcribe_batch([r["path"] for r in rows], DecodeOptions(**changes))
+    assert sum(r.text.endswith(("。", "？", "！")) for r in results) >= 5, [r.text for r in results]
+
+
 def test_transformers_engine_matches_ctranslate2_on_the_same_features(news_rows):
     """Both engines get faster-whisper's features; in float32 greedy decoding they must agree."""
     from whisper_zh import Transcriber

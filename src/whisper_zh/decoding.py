@@ -18,6 +18,7 @@ from whisper_zh.normalize import Script
 # A Simplified-Chinese sentence with Chinese punctuation, given as the previous-text prompt: it nudges
 # Whisper towards Simplified characters and punctuation (OpenCC still converts whatever slips through).
 DEFAULT_ZH_PROMPT = "以下是普通话的句子。"
+_SENTENCE_END = ("。", "！", "？", ".", "!", "?")
 
 Task = Literal["transcribe", "translate"]
 SCRIPTS = ("simplified", "traditional", "as-is")
@@ -29,7 +30,7 @@ class DecodeOptions:
 
     ``language=None`` detects the language of each input. ``initial_prompt`` defaults to a Mandarin sentence;
     :meth:`prompt_for` drops that default for any other language and for translation (a user's own prompt is
-    always kept).
+    always kept; for Mandarin transcription the Mandarin sentence follows it).
     """
 
     language: str | None = "zh"
@@ -79,12 +80,18 @@ class DecodeOptions:
 
     def prompt_for(self, language: str | None) -> str | None:
         """The prompt to decode ``language`` with: the default Mandarin prompt only where the speech is
-        Mandarin (or not yet known) and the task is transcription; a user's own prompt always."""
-        if self.initial_prompt != DEFAULT_ZH_PROMPT:
+        Mandarin (or not yet known) and the task is transcription; a user's own prompt always.
+
+        For Mandarin transcription a user's prompt is followed by the Mandarin sentence: Whisper copies the style
+        of the text just before it, and a bare term list ("经济") made it stop punctuating (0 of 12 shared clips
+        ended with 。; 12 of 12 with the sentence after the terms)."""
+        mandarin = self.task == "transcribe" and language in (None, "zh")
+        if self.initial_prompt in (None, DEFAULT_ZH_PROMPT):
+            return self.initial_prompt if mandarin else None
+        if not mandarin:
             return self.initial_prompt
-        if self.task == "translate" or language not in (None, "zh"):
-            return None
-        return self.initial_prompt
+        user = self.initial_prompt.rstrip()
+        return user + ("" if user.endswith(_SENTENCE_END) else "。") + DEFAULT_ZH_PROMPT
 
     def script_for(self, language: str | None) -> Script:
         """Simplified/Traditional conversion is for Chinese text; other languages come out as decoded."""

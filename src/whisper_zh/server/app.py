@@ -73,6 +73,7 @@ def build_state(config: ServerConfig, transcriber: Any = None) -> ServerState:
         multilingual=bool(getattr(transcriber, "is_multilingual", True)),
         engine=str(getattr(transcriber, "engine", config.engine)),  # the engine that runs, not the one asked for
         created=int(time.time()),
+        aligns_words=bool(getattr(getattr(transcriber, "decoder", None), "aligns_words", False)),
     )
     default = config.decode.language
     if default is not None and served.languages and default not in served.languages:

@@ -29,6 +29,7 @@ class ServedModel:
     engine: str
     created: int
     aliases: tuple[str, ...] = (OPENAI_DEFAULT_MODEL,)
+    aligns_words: bool = False  # the engine gives word times (subtitle cues are cut at them)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -72,11 +73,14 @@ class TranscriptionRequest:
     def words(self) -> bool:
         return "word" in self.granularities
 
-    def options(self, base: DecodeOptions) -> DecodeOptions:
-        """The server's decoding defaults changed by this request."""
+    def options(self, base: DecodeOptions, *, aligns_words: bool = False) -> DecodeOptions:
+        """The server's decoding defaults changed by this request. Subtitles (srt, vtt, and the renderings a
+        streamed answer carries) are cut into readable cues at word times, so they ask for them where the engine
+        has them."""
         language = base.language if self.language is None else (None if self.language == "auto" else self.language)
+        subtitles = aligns_words and (self.stream or self.response_format in ("srt", "vtt"))
         changes: dict[str, Any] = {"task": self.task, "language": language,
-                                   "word_timestamps": self.words or base.word_timestamps}
+                                   "word_timestamps": self.words or base.word_timestamps or subtitles}
         if self.prompt is not None and self.prompt.strip():
             changes["initial_prompt"] = self.prompt  # DecodeOptions.prompt_for decides where the default applies
         if self.temperature:  # OpenAI: 0 (or unset) means "start greedy, raise the temperature when decoding fails"

@@ -91,7 +91,7 @@ async def translations(
 
 async def _answer(state: ServerState, upload: UploadFile, request: TranscriptionRequest) -> Response:
     """Admit the request to the model queue, decode its upload, and answer when the model is done."""
-    options = request.options(state.config.decode)
+    options = request.options(state.config.decode, aligns_words=state.model.aligns_words)
     slot = _admit(state)
     try:
         audio = await run_in_threadpool(decode_upload, upload, state.config.max_audio_seconds,
