@@ -137,6 +137,8 @@ def test_as_fast_as_possible_decodes_each_utterance_once(transcriber, two_clips)
     first = next(e.text for e in events if isinstance(e, Completed))
     assert decodes[0].options.initial_prompt == DEFAULT_ZH_PROMPT
     assert decodes[1].options.initial_prompt == DEFAULT_ZH_PROMPT + first
+    # ... and that is what the engine gets: the previous text last, right before the audio
+    assert decodes[1].options.prompt_for("zh") == DEFAULT_ZH_PROMPT + first
 
 
 def test_silence_decodes_nothing_and_commit_on_it_says_so(transcriber):
