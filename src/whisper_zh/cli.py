@@ -21,6 +21,7 @@ COMMANDS = (
     "whisper_zh.commands.doctor",
     "whisper_zh.commands.evaluate",
     "whisper_zh.commands.serve",
+    "whisper_zh.commands.live",
 )
 
 

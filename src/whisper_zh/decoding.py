@@ -88,7 +88,10 @@ class DecodeOptions:
         mandarin = self.task == "transcribe" and language in (None, "zh")
         if self.initial_prompt in (None, DEFAULT_ZH_PROMPT):
             return self.initial_prompt if mandarin else None
-        if not mandarin:
+        if not mandarin or self.initial_prompt.startswith(DEFAULT_ZH_PROMPT):
+            # a prompt already led by the sentence is kept: live sessions put the previous text after it, and
+            # Whisper reads the text just before the audio as what came before (appending the sentence again
+            # would put it between them)
             return self.initial_prompt
         user = self.initial_prompt.rstrip()
         return user + ("" if user.endswith(_SENTENCE_END) else "。") + DEFAULT_ZH_PROMPT

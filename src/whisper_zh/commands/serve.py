@@ -8,7 +8,8 @@ import signal
 import sys
 
 from whisper_zh.commands.common import add_model_arguments, decode_options
-from whisper_zh.server.config import ServerConfig
+from whisper_zh.errors import UsageError
+from whisper_zh.server.config import LiveLimits, ServerConfig
 
 DEFAULTS = ServerConfig()
 
@@ -65,6 +66,15 @@ def _add_limit_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds a connection has to send a request's headers (default: %(default)g)")
     p.add_argument("--shutdown-timeout", type=float, default=d.shutdown_timeout_s,
                    help="on SIGTERM/Ctrl-C, seconds to let requests in flight finish (default: %(default)g)")
+    live = d.live
+    p.add_argument("--max-streams", type=int, default=live.max_streams,
+                   help="live-transcription WebSocket streams (/v1/realtime) at once; each holds one queue slot while "
+                   "open, so this must stay below --max-queue; 0 turns live transcription off (default: %(default)s)")
+    p.add_argument("--stream-idle-timeout", type=float, default=live.idle_timeout_s,
+                   help="close a live stream that sends nothing for this many seconds (default: %(default)g)")
+    p.add_argument("--stream-max-buffer", type=float, default=live.max_buffer_seconds,
+                   help="seconds of audio a live stream may hold undecoded; beyond it the server stops reading that "
+                   "stream until decoding catches up (default: %(default)g)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         header_timeout_s=args.header_timeout,
         shutdown_timeout_s=args.shutdown_timeout,
+        live=_live_limits(args),
     )
     app = create_app(config)
     print(
@@ -103,6 +114,21 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     serve(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def _live_limits(args: argparse.Namespace) -> LiveLimits:
+    from whisper_zh.server.realtime import session_options
+
+    if args.max_streams and args.max_streams >= args.max_queue:
+        raise UsageError(f"--max-streams {args.max_streams}: must be below --max-queue ({args.max_queue}), or "
+                         "uploads could never get a queue slot")
+    try:
+        live = LiveLimits(max_streams=args.max_streams, idle_timeout_s=args.stream_idle_timeout,
+                          max_buffer_seconds=args.stream_max_buffer)
+        session_options(live)
+    except ValueError as exc:
+        raise UsageError(f"--max-streams/--stream-idle-timeout/--stream-max-buffer: {exc}") from exc
+    return live
 
 
 def _exit_cleanly(_signum: int, _frame: object) -> None:

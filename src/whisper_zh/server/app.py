@@ -3,8 +3,10 @@ browser-facing middleware, and a lifespan that starts and drains the queue.
 
 Middleware, outermost first: security headers on every answer; CORS headers for ``--cors-origin`` origins (only
 when some are configured); the :class:`~whisper_zh.server.guard.Guard`; then the routers of
-:data:`~whisper_zh.server.routes.ROUTERS`. Another feature (e.g. live captions over a WebSocket) adds its router
-to :func:`create_app`'s ``routers`` and reads :class:`~whisper_zh.server.state.ServerState` like the others.
+:data:`~whisper_zh.server.routes.ROUTERS` (among them :mod:`~whisper_zh.server.realtime`'s WebSocket route, which the
+guard does not see: it applies the guard's :func:`~whisper_zh.server.guard.access_refusal` itself). Another feature
+adds its router to :func:`create_app`'s ``routers`` and reads :class:`~whisper_zh.server.state.ServerState` like the
+others.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from whisper_zh.server.metrics import ServerMetrics
 from whisper_zh.server.queue import BatchingQueue
 from whisper_zh.server.routes import ROUTERS, STATIC_DIR
 from whisper_zh.server.security import SecurityHeaders
-from whisper_zh.server.state import ServerState
+from whisper_zh.server.state import ServerState, StreamGate
 from whisper_zh.server.uploads import UploadGate
 
 
@@ -54,7 +56,7 @@ def create_app(config: ServerConfig, *, transcriber: Any = None, routers: Iterab
 
 
 def build_state(config: ServerConfig, transcriber: Any = None) -> ServerState:
-    """The model (loaded unless given), its queue, the upload gate and the metrics."""
+    """The model (loaded unless given), its queue, the upload gate, the live-stream gate and the metrics."""
     if transcriber is None:
         from whisper_zh.transcriber import Transcriber
 
@@ -77,7 +79,7 @@ def build_state(config: ServerConfig, transcriber: Any = None) -> ServerState:
     if default is not None and served.languages and default not in served.languages:
         raise UsageError(f"--language {default}: not a language model '{served.name}' knows (use a code such as "
                          "zh, en or yue, or auto)")
-    return ServerState(config, transcriber, queue, uploads, metrics, served)
+    return ServerState(config, transcriber, queue, uploads, metrics, served, StreamGate(config.live.max_streams))
 
 
 def _batch_fn(transcriber: Any) -> Callable[[list[Any], DecodeOptions, Any], list[Any]]:

@@ -1,10 +1,36 @@
-"""The server's settings: one frozen dataclass, filled by `whisper-zh serve` from its flags or built by tests."""
+"""The server's settings: frozen dataclasses, filled by `whisper-zh serve` from its flags or built by tests."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from whisper_zh.decoding import DecodeOptions
+
+if TYPE_CHECKING:
+    from whisper_zh.live import LiveOptions
+
+
+@dataclass(frozen=True)
+class LiveLimits:
+    """Live transcription over WebSocket (``/v1/realtime``, :mod:`~whisper_zh.server.realtime`): its limits."""
+
+    max_streams: int = 4  # streams open at once (each holds one model-queue slot); 0 turns the endpoint off
+    max_buffer_seconds: float = 60.0  # audio held per stream before the server stops reading its socket
+    idle_timeout_s: float = 30.0  # a stream that sends nothing this long is closed
+    max_message_bytes: int = 1 << 20  # one WebSocket message; uvicorn closes the connection above twice this
+    # How sessions decide when to decode and where to cut; None: LiveOptions' defaults. Not imported at run time:
+    # whisper_zh.live loads the VAD (faster-whisper), and the settings stay importable without it.
+    # realtime.session_options checks that the buffer holds the longest utterance.
+    options: LiveOptions | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_streams < 0:
+            raise ValueError("max_streams must be 0 (live transcription off) or more")
+        if self.idle_timeout_s <= 0 or self.max_buffer_seconds <= 0:
+            raise ValueError("the idle timeout and the buffer cap must be positive")
+        if self.max_message_bytes < 1024:
+            raise ValueError("max_message_bytes must be at least 1024")
 
 
 @dataclass(frozen=True)
@@ -56,3 +82,6 @@ class ServerConfig:
     # The web page's streamed requests decode long audio in pieces of about this length, cut at pauses,
     # so the first segments show while the rest is decoded.
     stream_piece_seconds: float = 60.0
+
+    # Live transcription over WebSocket: streams at once, buffer cap, idle timeout, message size.
+    live: LiveLimits = field(default_factory=LiveLimits)

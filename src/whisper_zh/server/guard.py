@@ -11,6 +11,9 @@ configured minimum rate, or not complete by the deadline, it is 408 and its uplo
 also freed as soon as the whole body has arrived, so uploading and decoding are limited separately: slow
 uploads cannot take the model queue's places, and queued work cannot block uploads. Every answer is counted in
 the metrics.
+
+WebSocket handshakes (``/v1/realtime``) pass through untouched: this guard only sees HTTP scopes. The live
+endpoint applies the same origin and key rule, :func:`access_refusal`, before it accepts a connection.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from whisper_zh.server.config import ServerConfig
@@ -91,16 +95,9 @@ class Guard:
                 permit.release()
 
     def _refusal(self, headers: dict[str, str]) -> ApiError | None:
-        if not origin_allowed(headers, self.config.cors_origins):
-            return ApiError(403, f"requests from the web page at {headers.get('origin', 'another site')} are not "
-                            "allowed (start the server with --cors-origin to allow it)", code="origin_not_allowed")
-        if self.config.api_key:
-            auth = headers.get("authorization", "")
-            token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-            if not token:
-                return ApiError(401, "missing API key: send 'Authorization: Bearer KEY'", code="invalid_api_key")
-            if not secrets.compare_digest(token.encode(), self.config.api_key.encode()):
-                return ApiError(401, "incorrect API key provided", code="invalid_api_key")
+        error = access_refusal(headers, self.config)
+        if error is not None:
+            return error
         length = headers.get("content-length")
         if length and length.isdigit() and int(length) > self.config.max_upload_bytes + FORM_SLACK:
             return too_large(self.config.max_upload_bytes)
@@ -110,6 +107,27 @@ class Guard:
         """The model queue is full or closing: say so before the client sends its upload."""
         refusal = self.queue.refusal()
         return None if refusal is None else queue_refused(refusal)
+
+
+def access_refusal(headers: dict[str, str], config: ServerConfig, *, other_keys: Iterable[str] = ()) -> ApiError | None:
+    """Who may use ``/v1``, the one rule for HTTP requests (the guard) and WebSocket handshakes (which the guard
+    does not see; :mod:`~whisper_zh.server.realtime` calls this): the browser origin (403), then the API key (401)
+    as ``Authorization: Bearer KEY``, or in ``other_keys`` where a client cannot set headers (a browser's
+    WebSocket sends it as a subprotocol). Keys are compared in constant time. ``headers``: lower-cased names."""
+    if not origin_allowed(headers, config.cors_origins):
+        return ApiError(403, f"requests from the web page at {headers.get('origin', 'another site')} are not "
+                        "allowed (start the server with --cors-origin to allow it)", code="origin_not_allowed")
+    if config.api_key:
+        auth = headers.get("authorization", "")
+        tokens = [auth[7:].strip() if auth.lower().startswith("bearer ") else "", *other_keys]
+        tokens = [token for token in tokens if token]
+        if not tokens:
+            return ApiError(401, "missing API key: send 'Authorization: Bearer KEY'", code="invalid_api_key")
+        expected = config.api_key.encode()
+        matches = [secrets.compare_digest(token.encode(), expected) for token in tokens]  # every one compared
+        if not any(matches):
+            return ApiError(401, "incorrect API key provided", code="invalid_api_key")
+    return None
 
 
 class _BodyReader:

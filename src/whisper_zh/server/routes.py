@@ -1,4 +1,5 @@
-"""The routes: OpenAI's audio API (``api``), health and metrics (``operations``), and the web page (``page``).
+"""The routes: OpenAI's audio API (``api``), health and metrics (``operations``), and the web page (``page``);
+:data:`ROUTERS` adds live transcription over WebSocket (:mod:`~whisper_zh.server.realtime`).
 
 Each route takes the shared :class:`~whisper_zh.server.state.ServerState` as a dependency and, for uploads,
 a checked :class:`~whisper_zh.server.forms.TranscriptionRequest`. An upload is admitted to the model queue only
@@ -17,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.errors import AudioError
+from whisper_zh.server import realtime
 from whisper_zh.server.errors import audio_error, queue_refused
 from whisper_zh.server.formats import format_response
 from whisper_zh.server.forms import TranscriptionRequest
@@ -156,4 +158,5 @@ async def index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
 
 
-ROUTERS = (api, operations, page)
+# The app mounts these; realtime.router is live transcription over WebSocket (/v1/realtime).
+ROUTERS = (api, operations, page, realtime.router)

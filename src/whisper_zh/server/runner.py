@@ -8,6 +8,7 @@ benchmarks all start it through here).
   request line would hold its connection (and a file descriptor) for ever. Here it is closed.
 - ``timeout_keep_alive`` 5 s (uvicorn's default) for idle keep-alive connections; ``backlog`` 2048.
 - ``timeout_graceful_shutdown`` = ``shutdown_timeout_s``.
+- ``ws_max_size`` = twice the live endpoint's message limit (uvicorn's default is 16 MiB).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ def uvicorn_config(app: FastAPI, *, host: str = "127.0.0.1", port: int = 0, log_
         app, host=host, port=port, log_level=log_level, http=_with_header_deadline(config.header_timeout_s),
         limit_concurrency=config.max_connections, timeout_keep_alive=5, backlog=2048,
         timeout_graceful_shutdown=int(config.shutdown_timeout_s),
+        # uvicorn's default WebSocket frame limit (16 MiB, queued 32 deep per stream) is far beyond what a live
+        # stream needs; frames between the endpoint's own limit and this one get a readable error event, larger
+        # ones close the connection (1009)
+        ws_max_size=2 * config.live.max_message_bytes,
     )
 
 

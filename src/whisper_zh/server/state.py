@@ -1,4 +1,4 @@
-"""What every route shares: the app's one model, queue, upload gate, metrics and settings.
+"""What every route shares: the app's one model, queue, upload gate, live-stream count, metrics and settings.
 
 Built once by :func:`~whisper_zh.server.app.create_app` and kept on ``app.state.server``; a route (of any
 router, including ones added later) gets it with ``Depends(server_state)``.
@@ -18,6 +18,22 @@ from whisper_zh.server.queue import BatchingQueue
 from whisper_zh.server.uploads import UploadGate
 
 
+class StreamGate:
+    """How many live streams are open, at most ``limit`` (per app; only the event loop's thread touches it)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.open = limit, 0
+
+    def try_enter(self) -> bool:
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def leave(self) -> None:
+        self.open -= 1
+
+
 @dataclass(frozen=True)
 class ServerState:
     config: ServerConfig
@@ -26,6 +42,7 @@ class ServerState:
     uploads: UploadGate
     metrics: ServerMetrics
     model: ServedModel
+    streams: StreamGate
 
 
 def server_state(request: Request) -> ServerState:

@@ -1,5 +1,6 @@
-// whisper-zh web page: upload or record audio, stream the transcript from /v1/audio/transcriptions (SSE),
-// copy it or download it as txt/srt/vtt. Plain browser JavaScript: no build step, no CDN.
+// whisper-zh web page: upload or record audio, stream the transcript from /v1/audio/transcriptions (SSE), or
+// transcribe the microphone live over /v1/realtime (WebSocket); copy the transcript or download it as txt/srt/vtt.
+// Plain browser JavaScript: no build step, no CDN.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -161,6 +162,7 @@ function download(format) {
 
 async function toggleRecording() {
   const button = $("record");
+  if (live.ws) return;
   if (state.recorder) {
     state.recorder.stop();
     return;
@@ -205,10 +207,165 @@ async function toggleRecording() {
   setState("recording", "Recording… press Stop to transcribe. 录音中");
 }
 
+// -- live mode: microphone -> AudioWorklet (PCM16 chunks) -> /v1/realtime; committed text stays, the grey partial
+// text after it may still change. Events follow OpenAI's realtime transcription events (see the README).
+const live = { ws: null, audio: null, items: new Map(), finished: false, opened: false, timer: null };
+const LIVE_FATAL = ["max_streams_reached", "server_busy", "unsupported", "idle_timeout", "server_shutting_down"];
+
+function liveUrl(rate) {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const query = new URLSearchParams({ sample_rate: String(Math.round(rate)), script: $("script").value });
+  return `${scheme}//${location.host}/v1/realtime?${query}`;
+}
+
+async function startLive() {
+  if (state.busy || state.recorder) return;
+  if (!navigator.mediaDevices || !window.AudioWorkletNode) {
+    setState("error", "Live mode needs a secure page (https or http://127.0.0.1) and a browser with AudioWorklet.");
+    return;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true } });
+  } catch (err) {
+    setState("error", `Microphone unavailable 无法使用麦克风: ${err.message}`);
+    return;
+  }
+  const context = new AudioContext();
+  let node;
+  try {
+    await context.audioWorklet.addModule("/static/live-worklet.js");
+    node = new AudioWorkletNode(context, "pcm-chunker",
+      { processorOptions: { chunk: Math.round(context.sampleRate / 10) } });
+  } catch (err) {
+    stream.getTracks().forEach((t) => t.stop());
+    context.close();
+    setState("error", `Live mode could not start its audio worklet: ${err.message}`);
+    return;
+  }
+  context.createMediaStreamSource(stream).connect(node);
+  node.connect(context.destination);  // keeps the worklet pulled; it outputs silence
+  const key = $("api-key").value.trim();
+  const ws = new WebSocket(liveUrl(context.sampleRate), ["realtime", ...(key ? [`openai-insecure-api-key.${key}`] : [])]);
+  ws.binaryType = "arraybuffer";
+  Object.assign(live, { ws, audio: { stream, context, node }, items: new Map(), finished: false, opened: false });
+  node.port.onmessage = (e) => { if (ws.readyState === WebSocket.OPEN) ws.send(e.data); };
+  ws.onmessage = (e) => handleLiveEvent(JSON.parse(e.data));
+  ws.onclose = (e) => endLive(e);
+  state.file = null;
+  state.busy = true;
+  resetOutput();
+  for (const id of ["transcribe", "record"]) $(id).disabled = true;
+  $("live").setAttribute("aria-pressed", "true");
+  $("live").textContent = "■ Stop 停止";
+  const started = Date.now();
+  live.timer = setInterval(() => {
+    $("live-time").textContent = `live ${((Date.now() - started) / 1000).toFixed(1)} s`;
+  }, 200);
+  setState("connecting", "Connecting… 连接中");
+}
+
+function stopLiveAudio() {
+  if (!live.audio) return;
+  live.audio.stream.getTracks().forEach((t) => t.stop());
+  live.audio.node.disconnect();
+  live.audio.context.close();
+  live.audio = null;
+  clearInterval(live.timer);
+}
+
+function stopLive() {
+  stopLiveAudio();
+  $("live").disabled = true;
+  if (live.ws && live.ws.readyState === WebSocket.OPEN) {
+    live.ws.send(JSON.stringify({ type: "transcription_session.finish" }));
+    setState("finishing", "Finishing the last words… 正在完成");
+  }
+}
+
+function endLive(event) {
+  stopLiveAudio();
+  live.ws = null;
+  state.busy = false;
+  for (const id of ["record", "live"]) $(id).disabled = false;
+  $("transcribe").disabled = !state.file;
+  $("live").setAttribute("aria-pressed", "false");
+  $("live").textContent = "◉ Live 实时转写";
+  if (live.finished || document.body.dataset.state === "error") return;
+  if (!live.opened) {
+    $("key-row").hidden = false;
+    setState("error", "Could not open the live connection (is an API key needed?). 无法连接");
+  } else {
+    setState("error", `The live connection closed (${event.reason || "code " + event.code}). 连接已断开`);
+  }
+}
+
+function liveItem(id) {
+  let item = live.items.get(id);
+  if (!item) {
+    const li = document.createElement("li");
+    const time = document.createElement("span");
+    time.className = "time";
+    time.textContent = "…";
+    const text = document.createElement("span");
+    text.className = "text";
+    const committed = document.createElement("span");
+    committed.className = "committed";
+    const partial = document.createElement("span");
+    partial.className = "partial";
+    text.append(committed, partial);
+    li.append(time, text);
+    $("transcript").append(li);
+    item = { li, time, committed, partial };
+    live.items.set(id, item);
+  }
+  return item;
+}
+
+function handleLiveEvent(ev) {
+  switch (ev.type) {
+    case "transcription_session.created":
+      live.opened = true;
+      setState("live", "Listening: speak now. 正在聆听");
+      break;
+    case "input_audio_buffer.speech_started":
+      liveItem(ev.item_id);
+      break;
+    case "conversation.item.input_audio_transcription.partial":
+      liveItem(ev.item_id).partial.textContent = ev.text;
+      break;
+    case "conversation.item.input_audio_transcription.delta":
+      liveItem(ev.item_id).committed.textContent += ev.delta;
+      break;
+    case "conversation.item.input_audio_transcription.completed": {
+      const item = liveItem(ev.item_id);
+      item.committed.textContent = ev.transcript;
+      item.partial.textContent = "";
+      if (ev.transcript) item.time.textContent = `${clock(ev.start)} → ${clock(ev.end)}`;
+      else { item.li.remove(); live.items.delete(ev.item_id); }
+      break;
+    }
+    case "transcription_session.finished":
+      live.finished = true;
+      state.formats = ev.formats;
+      state.text = ev.text;
+      for (const id of ["copy", "download-txt", "download-srt", "download-vtt"]) $(id).disabled = false;
+      setState("done", ev.text ? `Done: ${ev.duration.toFixed(1)} s transcribed live. 完成` : "Done: no speech found.");
+      break;
+    case "error":
+      if (LIVE_FATAL.includes(ev.error.code)) setState("error", `Error 错误: ${ev.error.message}`);
+      else $("status").textContent = `Warning: ${ev.error.message}`;
+      break;
+    default:
+      break;  // speech_stopped, committed: the completed event that follows carries what the page shows
+  }
+}
+
 async function init() {
   $("file").addEventListener("change", (e) => chooseFile(e.target.files[0] || null));
   $("transcribe").addEventListener("click", transcribe);
   $("record").addEventListener("click", toggleRecording);
+  $("live").addEventListener("click", () => (live.ws ? stopLive() : startLive()));
   $("copy").addEventListener("click", copyText);
   for (const f of ["txt", "srt", "vtt"]) $(`download-${f}`).addEventListener("click", () => download(f));
   try {

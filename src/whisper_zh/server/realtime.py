@@ -1,0 +1,468 @@
+"""The live-transcription WebSocket endpoint, ``/v1/realtime``: OpenAI's realtime transcription events over a
+:class:`~whisper_zh.live.LiveSession` per connection.
+
+:data:`router` is one of the app's :data:`~whisper_zh.server.routes.ROUTERS`; the route reads the app's
+:class:`~whisper_zh.server.state.ServerState`. Every stream decodes through the server's
+:class:`~whisper_zh.server.queue.BatchingQueue` (one slot per stream, held while it is open), so N streams share the
+one model and their decodes are batched together. Limits (:class:`~whisper_zh.server.config.LiveLimits`): at most
+``max_streams`` streams (one more is refused with an ``error`` event and close code 1013), ``max_buffer_seconds`` of
+audio held per stream (beyond it the server stops reading the socket until decoding catches up), an idle timeout and
+a size limit per message.
+
+Who may connect is decided by the HTTP guard's own rule, :func:`~whisper_zh.server.guard.access_refusal` (the guard
+middleware sees only HTTP scopes, so this route applies it to the handshake): the browser origin (a cross-site page
+must not open a stream to a local server; 403) and the server's API key (401), as an ``Authorization: Bearer``
+header or, from a browser, which cannot set headers, in OpenAI's subprotocol ``openai-insecure-api-key.KEY``.
+A client that goes away frees its slot at once (or as soon as a decode already running finishes). The protocol is
+documented in the README ("Live transcription").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import itertools
+import json
+import logging
+import secrets
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import soxr
+from fastapi import APIRouter, WebSocket
+from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.decoding import SCRIPTS, DecodeOptions
+from whisper_zh.live import (
+    Committed,
+    Completed,
+    LiveEvent,
+    LiveOptions,
+    LiveSession,
+    NothingToCommit,
+    Partial,
+    SpeechStarted,
+    SpeechStopped,
+)
+from whisper_zh.server.config import LiveLimits
+from whisper_zh.server.errors import ApiError
+from whisper_zh.server.guard import access_refusal
+from whisper_zh.server.queue import QueueClosedError, QueueFullError, Slot
+from whisper_zh.server.state import ServerState, StreamGate
+from whisper_zh.writers import format_transcription
+
+logger = logging.getLogger(__name__)
+
+PATH = "/v1/realtime"
+FORMATS = ("pcm16", "float32")  # little-endian mono samples
+SUBPROTOCOL = "realtime"
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
+SAMPLE_RATES = (8000, 96000)  # accepted input rates (resampled to 16 kHz)
+BUFFER_SLACK_SECONDS = 5.0  # the buffer must hold the longest utterance and this much audio behind it
+
+router = APIRouter()
+
+
+def session_options(limits: LiveLimits) -> LiveOptions:
+    """The sessions' options under ``limits``; ValueError if the buffer cap cannot hold the longest utterance."""
+    options = limits.options if limits.options is not None else LiveOptions()
+    if limits.max_buffer_seconds < options.max_item_seconds + BUFFER_SLACK_SECONDS:
+        raise ValueError(f"max_buffer_seconds must be at least {options.max_item_seconds + BUFFER_SLACK_SECONDS:.0f}")
+    return options
+
+
+class _Refused(Exception):
+    """A request the endpoint answers with an error event (code, message, param)."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+@router.websocket(PATH)
+async def realtime(ws: WebSocket) -> None:
+    state: ServerState = ws.app.state.server
+    limits = state.config.live
+    error = _access_refusal(ws, state)
+    if error is not None:
+        await _deny(ws, error)
+        return
+    await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in ws.scope.get("subprotocols", ()) else None)
+    try:
+        settings = _SessionSettings.from_query(ws, state.config.decode, state.model.name, state.model.languages)
+    except _Refused as exc:
+        await _refuse(ws, exc.code, exc.message, 1008, exc.param)
+        return
+    refusal = _unavailable(state)
+    if refusal is not None:
+        await _refuse(ws, "unsupported", refusal, 1003)
+        return
+    if not state.streams.try_enter():
+        await _refuse(ws, "max_streams_reached", f"this server takes at most {limits.max_streams} live streams "
+                      "at once; try again later", 1013)
+        return
+    try:
+        slot = state.queue.acquire()
+    except (QueueFullError, QueueClosedError) as exc:
+        state.streams.leave()
+        await _refuse(ws, "server_busy", str(exc), 1013)
+        return
+    try:
+        connection = _Connection(ws, slot, state.streams, settings, limits)
+    except BaseException:
+        slot.release()
+        state.streams.leave()
+        raise
+    await connection.run()  # frees the stream and the slot, whatever happens
+
+
+def _access_refusal(ws: WebSocket, state: ServerState) -> ApiError | None:
+    """The guard's origin and key rule, applied to the handshake (a browser's key comes as a subprotocol)."""
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in ws.scope["headers"]}
+    keys = [p[len(KEY_SUBPROTOCOL):] for p in ws.scope.get("subprotocols", ()) if p.startswith(KEY_SUBPROTOCOL)]
+    return access_refusal(headers, state.config, other_keys=keys)
+
+
+def _unavailable(state: ServerState) -> str | None:
+    """Why this server cannot stream at all, or None."""
+    decoder = getattr(state.transcriber, "decoder", None)
+    if not getattr(decoder, "aligns_words", True):
+        return f"live transcription needs the ctranslate2 engine, not {decoder.name}"
+    if not state.config.live.max_streams:
+        return "live transcription is off on this server (--max-streams 0)"
+    return None
+
+
+async def _deny(ws: WebSocket, error: ApiError) -> None:
+    """Refuse the handshake with the HTTP status and OpenAI-shaped body the HTTP routes would answer (close code
+    1008 where the server cannot send an HTTP answer to a WebSocket handshake)."""
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        await ws.send_denial_response(error.response())
+    else:
+        await ws.close(code=1008, reason=error.code or "refused")
+
+
+async def _refuse(ws: WebSocket, code: str, message: str, close_code: int, param: str | None = None) -> None:
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        await ws.send_text(json.dumps(_error_event("event_0", code, message, param), ensure_ascii=False))
+        await ws.close(code=close_code, reason=code)
+
+
+def _error_event(event_id: str, code: str, message: str, param: str | None = None,
+                 type_: str = "invalid_request_error") -> dict[str, Any]:
+    return {"type": "error", "event_id": event_id,
+            "error": {"type": type_, "code": code, "message": message, "param": param, "event_id": None}}
+
+
+@dataclass
+class _SessionSettings:
+    """What a client chose: audio format and rate, and the decoding options (from the query or session.update)."""
+
+    decode: DecodeOptions
+    model: str
+    languages: frozenset[str]
+    input_format: str = "pcm16"
+    sample_rate: int = SAMPLE_RATE
+
+    @classmethod
+    def from_query(cls, ws: WebSocket, decode: DecodeOptions, model: str,
+                   languages: frozenset[str]) -> _SessionSettings:
+        """The server's defaults, changed by the URL's query (the same fields as session.update)."""
+        settings = cls(decode, model, languages)
+        query = ws.query_params
+        settings.update({"input_audio_format": query.get("input_audio_format"),
+                         "sample_rate": query.get("sample_rate"), "script": query.get("script"),
+                         "input_audio_transcription": {"language": query.get("language"),
+                                                       "prompt": query.get("prompt")}})
+        return settings
+
+    def update(self, session: dict[str, Any]) -> None:
+        fmt = session.get("input_audio_format")
+        if fmt is not None:
+            if fmt not in FORMATS:
+                raise _Refused("invalid_value", f"input_audio_format must be one of {', '.join(FORMATS)}",
+                               "session.input_audio_format")
+            self.input_format = fmt
+        rate = session.get("sample_rate")
+        if rate is not None:
+            if not str(rate).isdigit() or not SAMPLE_RATES[0] <= int(rate) <= SAMPLE_RATES[1]:
+                raise _Refused("invalid_value", f"sample_rate must be an integer from {SAMPLE_RATES[0]} to "
+                               f"{SAMPLE_RATES[1]}", "session.sample_rate")
+            self.sample_rate = int(rate)
+        decode = _decode_changes(self.decode, session)
+        if decode.language is not None and self.languages and decode.language not in self.languages:
+            raise _Refused("invalid_value", f"unknown language '{decode.language}': use a language code such as "
+                           "zh, or auto", "session.input_audio_transcription.language")
+        self.decode = decode
+
+    def describe(self, session_id: str, limits: LiveLimits) -> dict[str, Any]:
+        d = self.decode
+        return {
+            "id": session_id, "object": "realtime.transcription_session", "input_audio_format": self.input_format,
+            "input_audio_transcription": {"model": self.model, "language": d.language, "prompt": d.initial_prompt},
+            "turn_detection": {"type": "server_vad",
+                               "silence_duration_ms": round(session_options(limits).pause_seconds * 1000)},
+            "sample_rate": self.sample_rate, "script": d.script,
+            "limits": {"max_buffer_seconds": limits.max_buffer_seconds, "idle_timeout_seconds": limits.idle_timeout_s,
+                       "max_message_bytes": limits.max_message_bytes},
+        }
+
+
+def _decode_changes(decode: DecodeOptions, session: dict[str, Any]) -> DecodeOptions:
+    changes: dict[str, Any] = {}
+    transcription = session.get("input_audio_transcription") or {}
+    if not isinstance(transcription, dict):
+        raise _Refused("invalid_value", "input_audio_transcription must be an object",
+                       "session.input_audio_transcription")
+    language = transcription.get("language")
+    if language is not None and str(language).strip():
+        code = str(language).strip().lower()
+        changes["language"] = None if code == "auto" else code
+    prompt = transcription.get("prompt")
+    if prompt is not None:
+        changes["initial_prompt"] = str(prompt) or None
+    script = session.get("script")
+    if script is not None:
+        if script not in SCRIPTS:
+            raise _Refused("invalid_value", f"script must be one of {', '.join(SCRIPTS)}", "session.script")
+        changes["script"] = script
+    return decode.with_(**changes) if changes else decode
+
+
+class _Samples:
+    """Client frames to 16 kHz float32 samples (soxr streams the resampling across frames)."""
+
+    def __init__(self, settings: _SessionSettings) -> None:
+        self.format, self.rate = settings.input_format, settings.sample_rate
+        self._resampler = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32") \
+            if self.rate != SAMPLE_RATE else None
+
+    def convert(self, data: bytes) -> np.ndarray:
+        width = 2 if self.format == "pcm16" else 4
+        if not data or len(data) % width:
+            raise _Refused("invalid_audio", f"audio must be whole {self.format} samples ({width} bytes each); got "
+                           f"{len(data)} bytes")
+        if self.format == "pcm16":
+            samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+        else:
+            samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
+            if not np.all(np.isfinite(samples)) or float(np.max(np.abs(samples))) > 64.0:
+                raise _Refused("invalid_audio", "float32 audio holds NaN, infinite or out-of-range (|x| > 64) samples")
+        if self._resampler is not None:
+            samples = self._resampler.resample_chunk(samples)
+        return samples
+
+
+class _Connection:
+    """One open stream: a reader (client frames into the session) and a decoder (the session's requests through
+    the batching queue, events back), both stopped and everything freed when either ends."""
+
+    def __init__(self, ws: WebSocket, slot: Slot, streams: StreamGate, settings: _SessionSettings,
+                 limits: LiveLimits) -> None:
+        self.ws, self.slot, self.streams, self.settings, self.limits = ws, slot, streams, settings, limits
+        self.released = False
+        self.id = "sess_" + secrets.token_hex(8)
+        self.session = LiveSession(settings.decode, session_options(limits), name="item_" + self.id[5:])
+        self.samples = _Samples(settings)
+        self.event_ids = itertools.count(1)
+        self.send_lock = asyncio.Lock()
+        self.wake = asyncio.Event()  # audio or a command arrived
+        self.progress = asyncio.Event()  # a decode finished (room in the buffer)
+        self.future: Future | None = None
+        self.previous_item: str | None = None
+        self.finishing = False
+
+    async def run(self) -> None:
+        reader = decoder = None
+        try:
+            await self._send({"type": "transcription_session.created",
+                              "session": self.settings.describe(self.id, self.limits)})
+            reader = asyncio.ensure_future(self._read())
+            decoder = asyncio.ensure_future(self._decode())
+            await asyncio.wait({reader, decoder}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            tasks = [task for task in (reader, decoder) if task is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            # Before the close frame: a client that reconnects as soon as it sees the close finds the stream free.
+            self._release()
+            if self.ws.application_state != WebSocketState.DISCONNECTED:
+                with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                    await self.ws.close(code=1000)
+
+    def _release(self) -> None:
+        """Free the stream now, and the slot now or when the decode already inside the model finishes."""
+        if self.released:
+            return
+        self.released = True
+        self.streams.leave()
+        future, self.future = self.future, None
+        if future is not None and not future.done() and not future.cancel():
+            future.add_done_callback(lambda _f: self.slot.release())
+        else:
+            self.slot.release()
+
+    # -- reading -------------------------------------------------------------------------------------------
+    async def _read(self) -> None:
+        while True:
+            while self.session.held_seconds > self.limits.max_buffer_seconds:  # back-pressure on the socket
+                self.progress.clear()
+                await self.progress.wait()
+            try:  # a finishing stream waits for its last decodes, not for the client
+                timeout = None if self.finishing else self.limits.idle_timeout_s
+                message = await asyncio.wait_for(self.ws.receive(), timeout)
+            except asyncio.TimeoutError:
+                await self._error("idle_timeout", f"no message for {self.limits.idle_timeout_s:.0f} s; closing")
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            try:
+                await self._handle(message.get("bytes"), message.get("text"))
+            except _Refused as exc:
+                await self._error(exc.code, exc.message, exc.param)
+            self.wake.set()
+
+    async def _handle(self, data: bytes | None, text: str | None) -> None:
+        size = len(data) if data is not None else len((text or "").encode())
+        if size > self.limits.max_message_bytes:
+            raise _Refused("message_too_large", f"a message may hold at most {self.limits.max_message_bytes} bytes")
+        if data is not None:
+            self._append(data)
+            return
+        try:
+            event = json.loads(text or "")
+        except json.JSONDecodeError as exc:
+            raise _Refused("invalid_json", f"not a JSON event: {exc.msg}") from exc
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise _Refused("invalid_event", "an event is a JSON object with a 'type'", "type")
+        await self._command(event)
+
+    async def _command(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "input_audio_buffer.append":
+            self._append(_base64(event.get("audio")))
+        elif kind == "input_audio_buffer.commit":
+            self.session.commit()
+        elif kind == "input_audio_buffer.clear":
+            self.session.clear()
+            await self._send({"type": "input_audio_buffer.cleared"})
+        elif kind in ("transcription_session.update", "session.update"):
+            await self._update(event.get("session"))
+        elif kind == "transcription_session.finish":
+            self.finishing = True
+            self.session.finish()
+        else:
+            raise _Refused("unknown_event", f"unknown event type '{kind}'", "type")
+
+    def _append(self, data: bytes) -> None:
+        if self.finishing:
+            raise _Refused("session_finishing", "the session is finishing; no more audio is taken")
+        samples = self.samples.convert(data)
+        if len(samples):
+            self.session.append(samples)
+
+    async def _update(self, session: Any) -> None:
+        if not isinstance(session, dict):
+            raise _Refused("invalid_event", "session.update needs a 'session' object", "session")
+        try:
+            self.settings.update(session)
+        except ValueError as exc:
+            raise _Refused("invalid_value", str(exc), "session") from exc
+        if (self.settings.input_format, self.settings.sample_rate) != (self.samples.format, self.samples.rate):
+            self.samples = _Samples(self.settings)
+        self.session.set_options(self.settings.decode)
+        await self._send({"type": "transcription_session.updated",
+                          "session": self.settings.describe(self.id, self.limits)})
+
+    # -- decoding ------------------------------------------------------------------------------------------
+    async def _decode(self) -> None:
+        session = self.session
+        while not session.done:
+            # Over the cap, the reader waits for this loop: keep cutting the buffer down even without new audio.
+            if not session.due() and session.held_seconds <= self.limits.max_buffer_seconds:
+                self.wake.clear()
+                if not session.due():
+                    await self.wake.wait()
+                continue
+            step = await run_in_threadpool(session.prepare)
+            await self._events(step.events)
+            if step.request is not None:
+                request = step.request
+                self.future = self.slot.submit(request.audio, request.options, seconds=request.seconds, keep=True)
+                try:
+                    result = await asyncio.wrap_future(self.future)
+                except QueueClosedError:
+                    await self._error("server_shutting_down", "the server is shutting down", type_="server_error")
+                    return
+                except Exception as exc:  # noqa: BLE001 - a failed decode is reported, the stream goes on
+                    logger.exception("live decode failed")
+                    result = exc
+                self.future = None
+                await self._events(session.accept(request, result))
+            self.progress.set()
+        await self._finished()
+
+    async def _finished(self) -> None:
+        result = self.session.transcription()
+        await self._send({"type": "transcription_session.finished", "text": result.text,
+                          "duration": round(result.duration, 3),
+                          "segments": [{"id": s.id, "start": s.start, "end": s.end, "text": s.text}
+                                       for s in result.segments],
+                          "formats": {fmt: format_transcription(result, fmt) for fmt in ("txt", "srt", "vtt")}})
+        # run() closes the socket once the stream and its slot are free
+
+    async def _events(self, events: list[LiveEvent]) -> None:
+        for event in events:
+            for message in self._wire(event):
+                await self._send(message)
+
+    def _wire(self, event: LiveEvent) -> list[dict[str, Any]]:
+        """A session event as OpenAI's realtime transcription events (``partial`` is whisper-zh's own)."""
+        if isinstance(event, SpeechStarted):
+            return [{"type": "input_audio_buffer.speech_started", "item_id": event.item_id,
+                     "audio_start_ms": round(event.start * 1000)}]
+        if isinstance(event, SpeechStopped):
+            return [{"type": "input_audio_buffer.speech_stopped", "item_id": event.item_id,
+                     "audio_end_ms": round(event.end * 1000)}]
+        if isinstance(event, Partial):
+            return [{"type": "conversation.item.input_audio_transcription.partial", "item_id": event.item_id,
+                     "content_index": 0, "text": event.text}]
+        if isinstance(event, Committed):
+            words = [{"word": u.text, "start": round(u.start, 3), "end": round(u.end, 3)} for u in event.units]
+            return [{"type": "conversation.item.input_audio_transcription.delta", "item_id": event.item_id,
+                     "content_index": 0, "delta": event.text, "words": words}]
+        if isinstance(event, Completed):
+            previous, self.previous_item = self.previous_item, event.item_id
+            return [{"type": "input_audio_buffer.committed", "item_id": event.item_id, "previous_item_id": previous},
+                    {"type": "conversation.item.input_audio_transcription.completed", "item_id": event.item_id,
+                     "content_index": 0, "transcript": event.text, "start": event.start, "end": event.end}]
+        if isinstance(event, NothingToCommit):
+            return [_error_event("", "input_audio_buffer_commit_empty",
+                                 "nothing to commit: no speech since the last item")]
+        raise TypeError(f"unknown live event {event!r}")
+
+    async def _error(self, code: str, message: str, param: str | None = None,
+                     type_: str = "invalid_request_error") -> None:
+        await self._send(_error_event("", code, message, param, type_))
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        message = {**message, "event_id": f"event_{next(self.event_ids)}"}
+        async with self.send_lock:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                await self.ws.send_text(json.dumps(message, ensure_ascii=False))
+
+
+def _base64(value: Any) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise _Refused("invalid_audio", "input_audio_buffer.append needs 'audio': base64 samples", "audio")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _Refused("invalid_audio", "'audio' is not valid base64", "audio") from exc
