@@ -62,7 +62,7 @@ def decode_options(args: argparse.Namespace, **extra: Any) -> DecodeOptions:
     if args.threads < 0:
         raise UsageError(f"--threads {args.threads}: give a number of CPU threads, or 0 for CTranslate2's default")
     try:
-        return DEFAULTS.with_(
+        flags = dict(
             language=None if args.language == "auto" else args.language,
             beam_size=args.beam_size,
             batch_size=args.batch_size,
@@ -71,8 +71,8 @@ def decode_options(args: argparse.Namespace, **extra: Any) -> DecodeOptions:
             script=args.script,
             vad=not args.no_vad,
             pack=not args.no_pack,
-            **extra,
         )
+        return DEFAULTS.with_(**{**flags, **extra})  # a command's own choices (``extra``) win over the flags
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
 
