@@ -1,17 +1,18 @@
 """Transcription speed and accuracy of whisper-zh against its peers, measured in one run.
 
 Systems (each in its own subprocess, so each reports its own peak RSS):
-  whisper-zh     Transcriber("base").transcribe_batch: int8, beam 5, packing, batch 8, the CLI's default prompt
+  whisper-zh     Transcriber("base").transcribe_batch: int8, beam 5, packing, batch 4, the CLI's default prompt
                  (以下是普通话的句子。, for punctuation); whisper-zh-noprompt: the same without a prompt
   fw-sequential  plain faster-whisper: WhisperModel(base, int8).transcribe(file, language="zh", beam_size=5), file by file
   hf-pipeline    the Transformers ASR pipeline on the same weights converted to Transformers (float32, beam 5),
                  on the first --hf-clips clips only (it is slow on a CPU)
 All are scored with the same normaliser (whisper_zh.normalize.TextNormalizer(): width, Traditional->Simplified,
-lower-case, punctuation and whitespace removed). Then the long-form check: a ~10-minute file made by joining
-news clips with 0.4-1.6 s pauses, transcribed by whisper-zh (VAD) and by plain faster-whisper; CER, real-time
-factor, and how far whisper-zh's segment boundaries land from the clip boundaries.
+lower-case, punctuation and whitespace removed). Then the long-form check, bench/longform.py: a 9-minute file of
+continuous speech (W0300-W0399 joined end to end) and a ~10-minute one of news clips joined with 0.4-1.6 s pauses
+(--long-minutes; 0 skips both), whisper-zh against faster-whisper in the same run.
 
 Run: .venv/bin/python bench/transcribe_speed.py [--clips 500] [--hf-clips 40] [--long-minutes 10]
+     [--systems fw-sequential,whisper-zh,whisper-zh-noprompt]
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "aishell1-sample-S0150"
@@ -111,50 +110,11 @@ def score(refs: list[str], hyps: list[str]):
 
 
 def long_form(minutes: float) -> None:
-    import soundfile as sf
-    from faster_whisper import WhisperModel
-
-    from whisper_zh import Transcriber
-    from whisper_zh.models import embedded_model_dir
-
-    news = [r for r in rows(500) if r["domain"] == "news"]
-    rng = np.random.default_rng(0)
-    pieces, spans, refs, cursor = [], [], [], 0.0
-    for row in news:
-        audio, _ = sf.read(DATA / row["audio"], dtype="float32")
-        gap = float(rng.uniform(0.4, 1.6))
-        spans.append((cursor, cursor + len(audio) / 16000))
-        refs.append(row["text"])
-        pieces += [audio, np.zeros(int(gap * 16000), np.float32)]
-        cursor += len(audio) / 16000 + gap
-        if cursor >= minutes * 60:
-            break
-    audio = np.concatenate(pieces)
-    seconds = len(audio) / 16000
-    reference = "".join(refs)
-    transcriber = Transcriber("base")
-    started = time.perf_counter()
-    result = transcriber.transcribe(audio)
-    ours = time.perf_counter() - started
-    model = WhisperModel(str(embedded_model_dir()), device="cpu", compute_type="int8")
-    started = time.perf_counter()
-    fw_text = "".join(s.text for s in model.transcribe(audio, language="zh", beam_size=5)[0])
-    theirs = time.perf_counter() - started
-    # Boundary error: each segment edge against the nearest clip edge of the same kind.
-    starts = np.array([s for s, _ in spans])
-    ends = np.array([e for _, e in spans])
-    start_err = [float(np.min(np.abs(starts - s.start))) for s in result.segments]
-    end_err = [float(np.min(np.abs(ends - s.end))) for s in result.segments]
-    edges = np.array(start_err + end_err)
-    print(f"\n## Long-form: {seconds / 60:.1f} min, {len(spans)} clips joined with 0.4-1.6 s pauses")
-    print("| system | CER | real-time factor |\n|---|---|---|")
-    print(f"| whisper-zh (VAD, batched) | {score([reference], [result.text]).rate:.2%} | {ours / seconds:.4f} |")
-    print(f"| faster-whisper sequential | {score([reference], [fw_text]).rate:.2%} | {theirs / seconds:.4f} |")
-    print(
-        f"whisper-zh segments: {len(result.segments)}; segment edges within 0.5 s of a clip edge: "
-        f"{np.mean(edges < 0.5):.1%} (within 1.0 s: {np.mean(edges < 1.0):.1%}; median {np.median(edges):.2f} s, "
-        f"max {edges.max():.2f} s). Clip edges include the clips' own leading/trailing silence (0.2-0.8 s)."
-    )
+    """The long-form part: bench/longform.py (the continuous file and the padded one, whisper-zh against
+    faster-whisper with and without VAD: CER, order, cue validity and sizes, cue edges, punctuation)."""
+    command = [sys.executable, str(Path(__file__).with_name("longform.py")), "--padded-minutes", str(minutes)]
+    sys.stdout.flush()
+    subprocess.run(command, check=True)
 
 
 def main() -> int:
@@ -162,6 +122,8 @@ def main() -> int:
     parser.add_argument("--clips", type=int, default=500)
     parser.add_argument("--hf-clips", type=int, default=40)
     parser.add_argument("--long-minutes", type=float, default=10.0)
+    parser.add_argument("--systems", default="fw-sequential,whisper-zh,whisper-zh-noprompt",
+                        help="comma-separated; fw-sequential (the peer the ratios are against) is always run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -172,7 +134,8 @@ def main() -> int:
     refs = [r["text"] for r in data]
     audio_seconds = sum(r["duration"] for r in data)
     print(f"# {len(data)} AISHELL-1 S0150 clips, {audio_seconds / 60:.1f} min; base, int8, beam 5, CPU\n")
-    results = {name: in_subprocess(name, paths) for name in ("fw-sequential", "whisper-zh", "whisper-zh-noprompt")}
+    systems = ["fw-sequential", *(s for s in args.systems.split(",") if s and s != "fw-sequential")]
+    results = {name: in_subprocess(name, paths) for name in systems}
     hf_n = min(args.hf_clips, len(paths))
     if hf_n:
         results["hf-pipeline"] = in_subprocess("hf-pipeline", paths[:hf_n])
