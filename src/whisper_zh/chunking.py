@@ -117,15 +117,16 @@ def stream_spans(file: AudioFile, *, use_vad: bool) -> list[Span]:
     return [s for s in spans if s.duration >= MIN_WINDOW]
 
 
-def speech_after(file: AudioFile, start: float, end: float, *, at_least: float = 0.3) -> bool:
+def speech_after(file: AudioFile, start: float, end: float, *, at_least: float = 0.3, padded: bool = True) -> bool:
     """Whether VAD heard at least ``at_least`` seconds of speech between ``start`` and ``end`` (False without VAD).
 
-    Speech itself, not VAD's padding: a region is padded by SPEECH_PAD each side (where the file goes on), and
-    counting the padding made a clip's last 0.4 s of silence look like speech still to come."""
+    ``padded=False`` counts speech itself, not the SPEECH_PAD that VAD adds each side of a region (where the file
+    goes on): the padding makes a clip's last 0.4 s of silence look like speech still to come."""
+    pad = 0.0 if padded else SPEECH_PAD
     heard = 0.0
     for region in file.regions or ():
-        onset = region.start + SPEECH_PAD if region.start > 0 else region.start
-        offset = region.end - SPEECH_PAD if region.end < file.duration else region.end
+        onset = region.start + pad if region.start > 0 else region.start
+        offset = region.end - pad if region.end < file.duration else region.end
         heard += max(0.0, min(offset, end) - max(onset, start))
     return heard >= at_least
 

@@ -10,6 +10,7 @@ pieces to :mod:`whisper_zh.segments`, which orders them and makes their times va
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -322,8 +323,8 @@ class _Stream:
 
     def too_much_text(self, segments: Sequence[RawSegment]) -> bool:
         # A short tail of a recording decoded into a repeat of the sentence before it (15 characters in 0.7 s).
-        chars = sum(len(_letters(s.text)) for s in segments)
-        return chars > MAX_CHARS_PER_SECOND * self.head.duration + 2
+        spoken = sum(len(_SPOKEN_UNIT.findall(s.text)) for s in segments)
+        return spoken > MAX_UNITS_PER_SECOND * self.head.duration + 2
 
     def advance(self, decoded: Decoded, kept: list[RawSegment]) -> list[tuple[AudioFile, float]]:
         window = self.head
@@ -338,9 +339,11 @@ class _Stream:
         text = "".join(s.text for s in kept).strip() if trusted else ""
         self.context = (((self.context or "") + text)[-CONTEXT_CHARS:] or None) if trusted else None
         position = window.offset + step
-        # Nothing left to hear (VAD hears no speech in the rest): decoding silence only invites hallucinated text.
+        # Nothing left to hear (VAD hears no speech in the rest, its padding aside): decoding silence only invites
+        # hallucinated text.
         self.done = self.span.end - position < MIN_WINDOW or (
-            self.file.regions is not None and not speech_after(self.file, position + EARLY_STOP_SLACK, self.span.end)
+            self.file.regions is not None
+            and not speech_after(self.file, position + EARLY_STOP_SLACK, self.span.end, padded=False)
         )
         if not self.done:
             self.head = window_at(self.file, position, self.span.end)
@@ -351,8 +354,10 @@ class _Stream:
 CONTEXT_CHARS = 200
 
 
-# Faster than anyone reads aloud (the shared clips' fastest speaker says under 6 characters a second).
-MAX_CHARS_PER_SECOND = 8.0
+# Faster than anyone reads aloud: the shared clips' fastest speaker says under 6 characters a second; English
+# runs at about 3 words a second. A unit is a Chinese character or a word of letters or digits.
+MAX_UNITS_PER_SECOND = 8.0
+_SPOKEN_UNIT = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W\u3400-\u9fff\uf900-\ufaff]+")
 
 
 class _Pack:
