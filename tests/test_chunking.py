@@ -120,3 +120,13 @@ def test_a_packed_english_clip_is_not_given_chinese_marks():
     (pack,) = make_packs([clip(0, 4.0, "en"), clip(1, 4.0, "en")])
     out = unpack(pack, [segment([RawWord(0.3, 0.9, " good", 0.9), RawWord(0.9, 3.5, " morning", 0.9)])])
     assert out[pack.members[0].file].text == "good morning"
+
+
+def test_a_sentence_final_word_stretched_over_the_gap_stays_with_its_clip():
+    a, b = clip(0, 4.0), clip(1, 4.0)
+    (pack,) = make_packs([a, b])
+    start_b = 4.0 + PACK_GAP
+    words = [RawWord(0.3, 3.2, "爸爸去哪", 0.9), RawWord(3.2, start_b + 0.3, "儿。", 0.9),  # stretched forward
+             RawWord(start_b + 0.3, start_b + 2.5, "想听歌曲。", 0.9)]
+    out = unpack(pack, [segment(words)])
+    assert out[a].text == "爸爸去哪儿。" and out[b].text == "想听歌曲。"

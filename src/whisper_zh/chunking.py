@@ -200,14 +200,17 @@ def unpack(pack: Window, segments: list[RawSegment]) -> dict[AudioFile, RawSegme
     cannot be trusted (none, or implausibly little or much for its length), to be decoded again on its own.
 
     A word goes to the clip in whose span its *end* falls: the alignment stretches the first word after a gap
-    back over the silence, so start times and midpoints land in the previous clip while end times do not.
+    back over the silence, so start times and midpoints land in the previous clip while end times do not. A word
+    that ends a sentence goes by its *start*: it is a clip's last word, and the alignment can stretch it forward
+    over the gap instead (爸爸去哪儿。 lost its 儿。 to the next clip).
     """
     if not segments:  # the decoder found no speech in the whole pack: every clip is silent, none to redo
         return {m.file: RawSegment("", 0.0, 0.0, 0.0, 1.0) for m in pack.members}
     words = sorted((w for s in segments for w in s.words or ()), key=lambda w: (w.end, w.start))
     assigned: list[list[RawWord]] = [[] for _ in pack.members]
     for word in words:
-        k = next((k for k, m in enumerate(pack.members) if word.end <= m.end + PACK_SLACK), len(pack.members) - 1)
+        at = word.start + PACK_SLACK if word.text.rstrip().endswith(_SENTENCE_MARKS) else word.end
+        k = next((k for k, m in enumerate(pack.members) if at <= m.end + PACK_SLACK), len(pack.members) - 1)
         assigned[k].append(word)
     template = segments[0] if segments else None
     out: dict[AudioFile, RawSegment | None] = {}
