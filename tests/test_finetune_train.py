@@ -59,10 +59,11 @@ def _config(setup, out: Path, **overrides):
         generation_max_length=8,
         lr_scheduler="constant",
         skip_doctor=True,
-        # a random model's garbage sends every window to the temperature fallback, which CTranslate2 decodes up
-        # to 448 tokens whatever the cap: the Transformers engine honours the cap (tests/test_finetune_product.py
-        # covers the CTranslate2 path with the real base)
-        eval_engine="transformers",
+        # the product's decoder, but quick: a random model's garbage would send every window through the
+        # temperature fallback (up to 448 tokens at six temperatures); tests/test_finetune_product.py runs the
+        # default options on the real base
+        num_beams=1,
+        eval_fallback=False,
     )
     values.update(overrides)
     return build_config(overrides=values)
@@ -195,7 +196,9 @@ def _cli(setup, out: Path, *extra: str) -> list[str]:
         "--set",
         "lr_scheduler=constant",
         "--set",
-        "eval_engine=transformers",
+        "num_beams=1",
+        "--set",
+        "eval_fallback=false",
         *extra,
     ]
 
@@ -441,3 +444,29 @@ def test_spec_augment_masks_features_in_training_only(setup):
     assert len(set(losses(True, True))) > 1
     assert len(set(losses(False, True))) == 1
     assert len(set(losses(True, False))) == 1
+
+
+def test_average_of_the_last_checkpoints_is_scored_and_exported_only_when_it_wins(setup, tmp_path):
+    from safetensors.torch import load_file
+
+    from whisper_zh.hf import load_transformers_whisper
+    from whisper_zh.training.trainer import finetune
+
+    out = tmp_path / "out"
+    result = finetune(_config(setup, out, eval_steps=1, save_steps=1, save_total_limit=1, average_last=3),
+                      progress=False)
+    rows = _rows(out)
+    (averaged,) = [r for r in rows if "averaged" in r and "cer" in r]
+    assert averaged["averaged"] == [1, 2, 3]  # the last three evaluated steps, kept on disk despite the limit
+    states = [load_file(str(out / "checkpoints" / f"step-{s:06d}" / "trainable.safetensors")) for s in (1, 2, 3)]
+    best = min((r for r in rows if "cer" in r and "averaged" not in r), key=lambda r: (r["cer"], r["step"]))
+    exported = dict(load_transformers_whisper(str(out))[0].named_parameters())
+    name = "model.decoder.layers.0.fc1.weight"
+    mean = torch.stack([st[name] for st in states]).mean(0)
+    if averaged["cer"] < best["cer"]:
+        assert result.averaged == [1, 2, 3] and torch.allclose(exported[name], mean)
+        assert "the average of the weights of steps 1, 2, 3" in (out / "README.md").read_text(encoding="utf-8")
+    else:
+        assert result.averaged == [] and result.best_step == best["step"]
+        if best["step"]:
+            assert torch.equal(exported[name], states[best["step"] - 1][name])

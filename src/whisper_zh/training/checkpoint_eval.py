@@ -62,14 +62,17 @@ class EvalResult:
 
 
 def decode_options(language: str, task: str, script: str, *, beam_size: int | None = None,
-                   max_new_tokens: int | None = None) -> DecodeOptions:
+                   max_new_tokens: int | None = None, fallback: bool = True) -> DecodeOptions:
     """The product's decoding options (``DecodeOptions()``, as ``whisper-zh transcribe`` starts from) for the
-    run's language, task and script; ``beam_size`` and ``max_new_tokens`` only where a config sets them."""
+    run's language, task and script; ``beam_size``, ``max_new_tokens`` and no ``fallback`` only where a config
+    asks (quick checks on tiny random models, whose every window would otherwise go through the fallback)."""
     changes: dict[str, Any] = {"language": language, "task": task, "script": script}
     if beam_size is not None:
         changes["beam_size"] = beam_size
     if max_new_tokens is not None:
         changes["max_new_tokens"] = max_new_tokens
+    if not fallback:
+        changes["temperature"] = (0.0,)
     return DecodeOptions().with_(**changes)
 
 

@@ -82,9 +82,13 @@ class FinetuneConfig:
     eval_engine: Literal["ctranslate2", "transformers"] = "ctranslate2"
     generation_max_length: int | None = None  # cap on new tokens when evaluating (None: the product's)
     num_beams: int | None = None  # beam size when evaluating (None: the product's, 5)
+    eval_fallback: bool = True  # the product's temperature fallback when evaluating (off: one pass at temperature 0)
     save_total_limit: int = 2
     eval_at_start: bool = True  # CER of the starting model: the card's "before", and the floor for "best"
     early_stopping_patience: int | None = None
+    # at the end, average the weights of the last N evaluated checkpoints (kept on disk for it) and export the
+    # average when its eval CER beats the best single checkpoint's (0 or 1: no averaging)
+    average_last: int = 0
     # data
     feature_pipeline: Literal["faster-whisper", "transformers"] = "faster-whisper"
     packing: bool = False
@@ -140,6 +144,7 @@ class FinetuneConfig:
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.eval_steps >= 1 and self.save_steps >= 1, "eval_steps and save_steps must be >= 1"),
             (self.save_total_limit >= 1, "save_total_limit must be >= 1"),
+            (self.average_last >= 0, "average_last must be >= 0"),
             (not (self.freeze_encoder and self.freeze_decoder), "freeze_encoder and freeze_decoder: nothing to train"),
             (0 < self.packing_max_seconds <= 30, "packing_max_seconds must be in (0, 30]"),
             (self.precision in ("auto", "bf16", "fp16", "fp32"), f"precision '{self.precision}': use auto/bf16/fp16/fp32"),

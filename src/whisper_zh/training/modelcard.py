@@ -97,7 +97,9 @@ def write_model_card(config: Any, result: Any, out_dir: Path, *, exported_step: 
     """Write ``out_dir/README.md``: base model, data, hyperparameters, per-eval results, versions, command."""
     rows = _read_log(Path(out_dir) / "train_log.jsonl")
     evals = [r for r in rows if "cer" in r]
-    final = next((r for r in evals if r["step"] == exported_step), evals[-1] if evals else None)
+    averaged = getattr(result, "averaged", None)
+    final = next((r for r in reversed(evals) if r["step"] == exported_step and bool(r.get("averaged")) == bool(averaged)),
+                 evals[-1] if evals else None)
     lines = _summary(config, result, out_dir, exported_step, final)
     lines += _data_section(config, out_dir)
     lines += _hyperparameters(config, result)
@@ -135,7 +137,9 @@ def _summary(config: Any, result: Any, out_dir: Path, exported_step: int, final:
         f"# {Path(out_dir).resolve().name}",
         "",
         f"This model is a fine-tuned version of `{config.model}` for Mandarin Chinese (zh-CN) made with whisper-zh.",
-        f"Exported checkpoint: step {exported_step} (the best eval CER).",
+        f"Exported checkpoint: step {exported_step} (the best eval CER)"
+        + (f", the average of the weights of steps {', '.join(map(str, result.averaged))}." if getattr(
+            result, "averaged", None) else "."),
         "",
     ]
     if exported_step == 0:
@@ -203,6 +207,7 @@ def _hyperparameters(config: Any, result: Any) -> list[str]:
         f"- freeze_encoder: {config.freeze_encoder}",
         f"- freeze_decoder: {config.freeze_decoder}",
         f"- lora: {_lora_text(config.lora)}",
+        f"- average_last: {config.average_last}",
         "",
     ]
 
@@ -218,7 +223,8 @@ def _results(rows: list[dict], evals: list[dict]) -> list[str]:
     for r in evals:
         loss = train_loss.get(r["step"])
         eval_loss = r.get("eval_loss")
-        lines.append(f"| {r['step']} | {'-' if loss is None else f'{loss:.4f}'} | "
+        step = f"average of {', '.join(map(str, r['averaged']))}" if r.get("averaged") else r["step"]
+        lines.append(f"| {step} | {'-' if loss is None else f'{loss:.4f}'} | "
                      f"{'-' if eval_loss is None else f'{eval_loss:.4f}'} | {_pct(r['cer'])} | "
                      f"{_pct(r.get('cer_plain'))} | {_pct(r.get('wer_segmented'))} |")
     warnings = [r for r in rows if r.get("level") in ("warning", "error")]

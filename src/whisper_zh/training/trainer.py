@@ -45,6 +45,7 @@ from whisper_zh.training.features import (
     WindowDataset,
     item_duration,
     load_utterances,
+    plan_windows,
 )
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class FinetuneResult:
     resumed_from: int | None = None
     samples_per_second: float | None = None
     train_seconds: float = 0.0
+    averaged: list[int] = field(default_factory=list)  # steps whose weights were averaged into the export
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -198,17 +200,23 @@ class JsonlLog:
 
 # ---------------------------------------------------------------------------------------------- evaluation
 
-def eval_loss(model: Any, builder: ExampleBuilder, items: list[Item], *, batch_size: int, autocast: Any) -> float | None:
-    """Mean teacher-forced loss on ``items``, each window as the product decodes it (with the prompt)."""
+def eval_loss(model: Any, builder: ExampleBuilder, items: list[Item], *, batch_size: int, autocast: Any,
+              packing: bool = False) -> float | None:
+    """Mean teacher-forced loss on ``items``, each window as the product decodes it (with the prompt; with
+    ``packing``, several clips to a window in the product's pack form, in a fixed order)."""
     collate = Collator(builder.tokenizer.pad_token_id)
     device = next(model.parameters()).device
+    plan = plan_windows([item_duration(it) for it in items], [len(builder.text_ids(it.text)) for it in items],
+                        packing=packing, max_seconds=29.0, seed=0, epoch=0,
+                        reserved_tokens=4 + len(builder.prompt_ids))
+    windows = [[items[i] for i in members] for members in plan]
     was_training = model.training
     model.eval()
     losses = []
     try:
         with torch.no_grad(), autocast():
-            for start in range(0, len(items), batch_size):
-                batch = collate([builder.single(it) for it in items[start:start + batch_size]])
+            for start in range(0, len(windows), batch_size):
+                batch = collate([builder.packed(w, timestamps=False) for w in windows[start:start + batch_size]])
                 out = model(input_features=batch["input_features"].to(device),
                             decoder_input_ids=batch["decoder_input_ids"].to(device), labels=batch["labels"].to(device))
                 losses.append(float(out.loss))
@@ -218,7 +226,7 @@ def eval_loss(model: Any, builder: ExampleBuilder, items: list[Item], *, batch_s
 
 
 def evaluate_model(model: Any, evaluator: ProductEvaluator, builder: ExampleBuilder, items: list[Item], *,
-                   batch_size: int, autocast: Any) -> EvalResult:
+                   batch_size: int, autocast: Any, packing: bool = False) -> EvalResult:
     """The product's CER of ``model`` on the eval set (see training.checkpoint_eval), and the teacher-forced loss."""
     was_training = model.training
     model.eval()
@@ -226,7 +234,8 @@ def evaluate_model(model: Any, evaluator: ProductEvaluator, builder: ExampleBuil
         result = evaluator(model)
     finally:
         model.train(was_training)
-    return replace(result, eval_loss=eval_loss(model, builder, items, batch_size=batch_size, autocast=autocast))
+    loss = eval_loss(model, builder, items, batch_size=batch_size, autocast=autocast, packing=packing)
+    return replace(result, eval_loss=loss)
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -239,8 +248,11 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: bool = T
         raise DataError("finetune needs both a training source (--train) and an evaluation source (--eval)")
     run = _Run(config, resume=resume, progress=progress)
     result = run.train()
+    source = run.average_checkpoints() if config.average_last > 1 else None
+    if source is not None:
+        result = replace(result, best_step=source[1], best_cer=run.state["best_cer"], averaged=source[2])
     if run.main:
-        export_best(config, result, run.ckpt_root, command=command)
+        export_best(config, result, source[0] if source else run.ckpt_root, command=command)
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
     return result
@@ -303,7 +315,7 @@ class _Run:
         self.evaluator = ProductEvaluator(
             config.eval, processor,
             decode_options(config.language, config.task, config.script, beam_size=config.num_beams,
-                           max_new_tokens=config.generation_max_length),
+                           max_new_tokens=config.generation_max_length, fallback=config.eval_fallback),
             engine=config.eval_engine, limit=config.max_eval_samples)
         self.params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
@@ -338,7 +350,7 @@ class _Run:
         for row in self.train_log.rows():  # rebuild the diagnostics' view of the past from the kept log
             if "loss" in row and "event" not in row:
                 self.diagnostics.losses.append((row["step"], row["loss"]))
-            if "cer" in row:
+            if "cer" in row and "averaged" not in row:
                 self.diagnostics.evals.append((row["step"], row["cer"]))
 
     # ------------------------------------------------------------------------------------------ reporting
@@ -374,7 +386,8 @@ class _Run:
         result = None
         if self.main:
             result = evaluate_model(self.unwrapped, self.evaluator, self.builder, self.eval_items,
-                                    batch_size=self.config.per_device_eval_batch_size, autocast=self.accelerator.autocast)
+                                    batch_size=self.config.per_device_eval_batch_size,
+                                    autocast=self.accelerator.autocast, packing=self.config.packing)
         shared = [result]
         if self.world > 1:
             broadcast_object_list(shared, from_process=0)
@@ -394,6 +407,8 @@ class _Run:
             best = self.state["best_step"]
             ckpt.write_checkpoint(self.ckpt_root, step, write, meta={"best_step": best})
             protect = (ckpt.checkpoint_dir(self.ckpt_root, best),) if best is not None else ()
+            protect += tuple(ckpt.checkpoint_dir(self.ckpt_root, s) for s in self.state.get("evaluated", [])
+                             [-self.config.average_last:] if self.config.average_last > 1)
             ckpt.prune(self.ckpt_root, self.config.save_total_limit, protect=protect)
         self.accelerator.wait_for_everyone()
 
@@ -404,6 +419,7 @@ class _Run:
         state = self.state
         if state["best_cer"] is None or result.cer < state["best_cer"]:
             state["best_cer"], state["best_step"] = result.cer, step
+        state["evaluated"] = [*state.get("evaluated", []), step]
         if self.main:
             self.train_log.write({"step": step, **result.to_row()})
             if self.progress:
@@ -494,6 +510,44 @@ class _Run:
         finally:
             bar.close()
         return self._result()
+
+    def average_checkpoints(self) -> tuple[Path, int, list[int]] | None:
+        """Average the last ``average_last`` evaluated checkpoints; when the average's eval CER beats the best
+        checkpoint's, write it as a checkpoint under ``averaged/`` and return (its root, its step, the steps
+        averaged). None when it does not win (the best checkpoint is exported as usual)."""
+        from safetensors.torch import load_file
+
+        steps = [s for s in self.state.get("evaluated", [])
+                 if ckpt.is_complete(ckpt.checkpoint_dir(self.ckpt_root, s))][-self.config.average_last:]
+        if len(steps) < 2:
+            return None
+        states = [load_file(str(ckpt.checkpoint_dir(self.ckpt_root, s) / "trainable.safetensors")) for s in steps]
+        average = {name: torch.stack([st[name].float() for st in states]).mean(0).to(states[0][name].dtype)
+                   for name in states[0]}
+        params = dict(self.unwrapped.named_parameters())
+        with torch.no_grad():
+            for name, tensor in average.items():
+                params[name].copy_(tensor)
+        result = self.evaluate()
+        won = result is not None and result.cer < self.state["best_cer"]
+        if self.main:
+            self.train_log.write({"step": self.state["step"], "averaged": steps, **result.to_row()})
+            self.report([Event("info", "averaged", self.state["step"],
+                               f"average of steps {', '.join(map(str, steps))}: eval CER {result.cer:.2%} against the "
+                               f"best checkpoint's {self.state['best_cer']:.2%}; "
+                               + ("exporting the average." if won else "exporting the best checkpoint."))])
+        if not won:
+            return None
+        self.state["best_cer"] = result.cer
+        root = self.out_dir / "averaged"
+        step = self.state["step"]
+        if self.main:
+            from safetensors.torch import save_file
+
+            ckpt.write_checkpoint(root, step, lambda tmp: save_file(average, str(tmp / "trainable.safetensors")),
+                                  meta={"averaged": steps})
+        self.accelerator.wait_for_everyone()
+        return root, step, steps
 
     def _result(self) -> FinetuneResult:
         state = self.state
