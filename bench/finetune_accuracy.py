@@ -61,6 +61,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lr5e-5": {"learning_rate": 5e-5},
     "encoder-only": {"freeze_decoder": True, "learning_rate": 3e-5},
     "lora": {"lora.enabled": True, "learning_rate": 1e-4},
+    # a longer schedule (about 5 epochs of the 350 training utterances), patient early stopping on dev, and the
+    # average of the last three evaluated checkpoints exported when it beats the best one on dev
+    "long": {"max_steps": 100, "eval_steps": 10, "save_steps": 10, "warmup_steps": 8,
+             "early_stopping_patience": 3, "average_last": 3},
 }
 
 
@@ -89,9 +93,12 @@ def train(name: str, data: Path, runs: Path, extra: dict[str, Any]) -> dict[str,
     config = variant_config(name, data, out, extra)
     (out / "variant.yaml").write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
     command = [sys.executable, "-m", "whisper_zh", "finetune", "--config", str(out / "variant.yaml"), "--no-progress"]
+    resumed = (out / "checkpoints").is_dir()  # a run that was stopped: continue it (wall/CPU then cover this part)
+    if resumed:
+        command.append("--resume")
     print(f"[{name}] training: {' '.join(command)}", flush=True)
     started, cpu = time.perf_counter(), cpu_seconds()
-    with open(out / "finetune.log", "w", encoding="utf-8") as log:
+    with open(out / "finetune.log", "a" if resumed else "w", encoding="utf-8") as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, check=False)
     if done.returncode:
         sys.exit(f"[{name}] finetune failed ({done.returncode}); see {out / 'finetune.log'}")
@@ -104,7 +111,7 @@ def train(name: str, data: Path, runs: Path, extra: dict[str, Any]) -> dict[str,
         "cpu_seconds": round(cpu_seconds() - cpu, 1), "train_seconds": round(trained[-1]["elapsed"], 1),
         "steps": trained[-1]["step"], "samples": trained[-1]["samples"], "best_step": best["step"],
         "dev_cer": best["cer"], "dev_cer_plain": best.get("cer_plain"), "dev_curve": [(r["step"], r["cer"]) for r in evals],
-        "load_average": os.getloadavg(),
+        "load_average": os.getloadavg(), "resumed": resumed,
     }
     record_path.write_text(json.dumps(record, indent=1), encoding="utf-8")
     return record
