@@ -131,7 +131,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ft-speed-") as tmp:
         news_split(Path(tmp))
         if args.shape:
-            from whisper_zh.hf import build_tiny_random_whisper
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for tests/
+            from tests.tiny_whisper import (
+                build_tiny_random_whisper,  # random weights: a test helper, not the package
+            )
 
             d_model, layers, heads = SHAPES[args.shape]
             args.model = str(build_tiny_random_whisper(Path(tmp) / f"random-{args.shape}", d_model=d_model,

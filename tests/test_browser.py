@@ -90,7 +90,8 @@ def browser(fake_microphone_wav):
 
 
 def _wait_for_transcript(page, timeout_ms: int = 180_000) -> list[tuple[str, str]]:
-    page.wait_for_function("['done', 'error'].includes(document.body.dataset.state)", timeout=timeout_ms)
+    # Arrow functions, not expressions: Playwright evaluates a bare expression with eval, which the page's CSP blocks.
+    page.wait_for_function("() => ['done', 'error'].includes(document.body.dataset.state)", timeout=timeout_ms)
     status = page.inner_text("#status")
     assert page.evaluate("document.body.dataset.state") == "done", status
     times = page.locator("#transcript .time").all_inner_texts()
@@ -106,10 +107,13 @@ def test_upload_transcribe_copy_download(browser, server_url, clip):
     context = browser.new_context(accept_downloads=True, viewport={"width": 1100, "height": 760})
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server_url)
     page = context.new_page()
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
     try:
-        page.goto(server_url + "/")
+        response = page.goto(server_url + "/")
+        assert "default-src 'self'" in response.headers["content-security-policy"]
         assert page.title().startswith("whisper-zh")
-        page.wait_for_function("document.getElementById('model-name').textContent === 'base'")
+        page.wait_for_function("() => document.getElementById('model-name').textContent === 'base'")
         assert page.is_hidden("#key-row")  # this server needs no API key
         page.set_input_files("#file", str(clip["path"]))
         page.click("#transcribe")
@@ -146,6 +150,8 @@ def test_upload_transcribe_copy_download(browser, server_url, clip):
         traditional = "".join(t for _, t in rows)
         assert convert_script(traditional, "simplified") != traditional, traditional
         assert _cer(clip["text"], convert_script(traditional, "simplified")) <= MAX_CER
+        # the page works under its Content-Security-Policy: nothing it does is blocked
+        assert not [m for m in console if "Content Security Policy" in m or "Refused to" in m], console
     finally:
         context.close()
 
@@ -157,7 +163,7 @@ def test_record_from_microphone(browser, server_url, clip):
     try:
         page.goto(server_url + "/")
         page.click("#record")
-        page.wait_for_function("document.body.dataset.state === 'recording'", timeout=10_000)
+        page.wait_for_function("() => document.body.dataset.state === 'recording'", timeout=10_000)
         page.wait_for_timeout(int((clip["duration"] + 0.7) * 1000))
         page.click("#record")
         rows = _wait_for_transcript(page)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,8 @@ from tests.media import encode_audio, read_flac
 from whisper_zh.cli import main
 from whisper_zh.metrics import cer as raw_cer
 from whisper_zh.normalize import TextNormalizer
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def cer(refs, hyps):
@@ -55,7 +61,7 @@ def test_every_container_transcribes(media, example_clips, tmp_path, capsys):
         ]
     )
     assert code == 0
-    for name in ("clip", "clip-1", "video"):  # two inputs named clip.* get distinct outputs
+    for name in ("clip.mp3", "clip.m4a", "video"):  # two inputs named clip.* keep their extension to stay distinct
         text = (out / f"{name}.txt").read_text(encoding="utf-8").strip()
         assert cer(example_clips[0]["text"], text).rate < 0.25, (name, text)
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
@@ -121,3 +127,80 @@ def test_unknown_model_and_unwritable_output(example_clips, tmp_path, capsys):
     assert main(["transcribe", example_clips[0]["path"], "--output-dir", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "cannot be written" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "cause"),
+    [(["--language", "xx"], "unknown language 'xx'"), (["--threads", "-1"], "--threads -1"),
+     (["--max-cue-seconds", "0.5", "--format", "srt"], "max_cue_seconds")],
+)
+def test_flag_values_that_cannot_work_are_one_line_errors(example_clips, capsys, flags, cause):
+    assert main(["transcribe", example_clips[0]["path"], *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and cause in err and len(err.splitlines()) == 1, err
+
+
+def test_output_names_are_distinct_by_construction(example_clips, tmp_path, capsys):
+    """a/x.flac, b/x.flac and x-1.flac were named x, x-1, x-1: one transcript was lost, with exit status 0."""
+    first, second = (Path(clip["path"]) for clip in example_clips)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    shutil.copy(first, tmp_path / "a" / "x.flac")
+    shutil.copy(second, tmp_path / "b" / "x.flac")
+    shutil.copy(first, tmp_path / "x-1.flac")
+    out = tmp_path / "out"
+    inputs = [str(tmp_path / name) for name in ("a/x.flac", "b/x.flac", "x-1.flac")]
+    assert main(["transcribe", *inputs, "--output-dir", str(out), "--quiet"]) == 0
+    expected = {"a/x.txt": example_clips[0], "b/x.txt": example_clips[1], "x-1.txt": example_clips[0]}
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.txt")) == sorted(expected)
+    for name, clip in expected.items():
+        assert cer(clip["text"], (out / name).read_text(encoding="utf-8").strip()).rate < 0.25, name
+
+
+def test_expanded_inputs_name_and_refuse():
+    from whisper_zh.inputs import expand_inputs
+
+    found = expand_inputs([str(EXAMPLES / "manifest.jsonl"), str(EXAMPLES)])
+    assert [f.output for f in found.files] == ["BAC009S0150W0121", "BAC009S0150W0122"]
+    assert len(found.repeated) == 2 and not found.rejected  # the folder holds the manifest's two files again
+
+
+def test_a_fifo_named_on_the_command_line_is_refused_and_the_rest_done(example_clips, tmp_path):
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "whisper_zh", "transcribe", str(fifo), example_clips[0]["path"], "--quiet",
+               "--output-dir", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)  # it used to block for ever
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {fifo}: a FIFO (named pipe), not a regular audio file; skipped"]
+    assert [p.name for p in out.iterdir()] == [Path(example_clips[0]["path"]).stem + ".txt"]
+
+
+def test_manifest_with_a_bom_and_a_line_that_is_not_utf8(example_clips, tmp_path, capsys):
+    rows = [json.dumps({"audio": clip["path"]}).encode() for clip in example_clips]
+    manifest = tmp_path / "manifest.jsonl"  # Notepad's BOM first, then a line in another encoding
+    manifest.write_bytes(codecs.BOM_UTF8 + rows[0] + b"\n" + b'{"audio": "\xff\xfe.wav"}\n' + rows[1] + b"\n")
+    assert main(["transcribe", str(manifest), "--quiet"]) == 1
+    printed = capsys.readouterr()
+    assert len(printed.out.strip().splitlines()) == 2  # both good rows, the one behind the BOM included
+    errors = [line for line in printed.err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {manifest}:2: not valid UTF-8 (byte 0xff at byte 12 of the line); save the file as UTF-8"]
+
+
+def test_outputs_have_the_umask_mode(example_clips, tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert main(["transcribe", example_clips[0]["path"], "--output-dir", str(tmp_path), "--quiet"]) == 0
+    finally:
+        os.umask(old)
+    [written] = tmp_path.iterdir()
+    assert oct(written.stat().st_mode & 0o777) == oct(0o644)  # mkstemp gave 0600
+
+
+def test_word_timestamps_help_names_the_format_that_has_them(capsys):
+    with pytest.raises(SystemExit):
+        main(["transcribe", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "character/word timestamps (in the json format only)" in help_text

@@ -15,6 +15,7 @@ import ctranslate2
 import numpy as np
 import pytest
 import torch
+from tests.tiny_whisper import build_tiny_random_whisper
 
 from whisper_zh.cli import main as cli_main
 from whisper_zh.convert import (
@@ -22,17 +23,22 @@ from whisper_zh.convert import (
     ct2_to_transformers_dir,
     ensure_ctranslate2,
     ensure_transformers,
-    hf_state_dict_numpy,
     read_ct2_model_bin,
     transformers_to_ct2_dir,
 )
 from whisper_zh.errors import ModelNotFoundError
-from whisper_zh.hf import build_tiny_random_whisper, load_tokenizer, load_transformers_whisper
+from whisper_zh.hf import load_transformers_whisper
+from whisper_zh.hf_parts import load_tokenizer
 from whisper_zh.models import ResolvedModel, embedded_model_dir, resolve_model
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "aishell1-sample-S0150"
 PROMPT = [50258, 50260, 50359, 50363]  # <|startoftranscript|><|zh|><|transcribe|><|notimestamps|>
 EOT = 50257
+
+
+def hf_state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """A model's state dict as float32 numpy arrays, for tensor-by-tensor comparison."""
+    return {k: t.detach().to("cpu").float().numpy() for k, t in model.state_dict().items()}
 # Two short clips whose greedy transcripts are not repetition loops (AISHELL-1, speaker S0150).
 CLIPS = ("BAC009S0150W0001", "BAC009S0150W0251")
 # Logit tolerance, CT2 float32 vs Transformers float32 on identical weights and features. Measured: at most
@@ -298,3 +304,15 @@ def test_cli_convert(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     hf_out = tmp_path / "hf"
     assert cli_main(["convert", str(out), str(hf_out), "--to", "transformers"]) == 0
     assert resolve_model(hf_out).layout == "transformers"
+
+
+def test_cli_convert_output_errors_are_one_line(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert cli_main(["convert", str(tiny_dir), str(blocker / "out"), "--to", "ctranslate2"]) == 2  # a traceback before
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {blocker / 'out'}: cannot write the converted model") and len(err.splitlines()) == 1
+    # --force on a folder that holds the source would delete the source with the old output
+    assert cli_main(["convert", str(tiny_dir), str(tiny_dir.parent), "--to", "ctranslate2", "--force"]) == 2
+    assert "is (or holds) the source model" in capsys.readouterr().err
+    assert tiny_dir.is_dir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import shutil
 from pathlib import Path
@@ -234,6 +235,16 @@ def test_audio_folder_with_transcripts(tmp_path):
     assert next(iter(source)).measured_duration() == pytest.approx(clips[0]["duration"], abs=0.01)
 
 
+def test_a_format_that_cannot_read_the_path_is_one_line(tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("", encoding="utf-8")
+    for fmt in ("kaldi", "aishell", "folder"):  # kaldi ended in NotADirectoryError
+        with pytest.raises(DataError, match=f"the {fmt} format is a directory"):
+            load_source(manifest, fmt)
+    with pytest.raises(DataError, match="manifest.jsonl: cannot read it as jsonl data"):
+        load_source(tmp_path, "jsonl")  # a directory without manifest.jsonl
+
+
 def test_detection_errors_and_forced_format(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load_source(tmp_path / "nope" / "x.jsonl")
@@ -304,3 +315,41 @@ def test_hf_audio_feature_is_read_without_torchcodec(tmp_path):
     utts = list(load_source(tmp_path / "ds"))
     assert len(utts) == 1 and isinstance(utts[0].audio, np.ndarray)
     assert np.allclose(utts[0].audio, load_audio(clip["path"]), atol=1e-6)
+
+
+@needs_shared
+def test_text_that_is_not_utf8_is_one_bad_row_and_a_bom_is_ignored(tmp_path):
+    clip = _clips(1)[0]
+    good = json.dumps({"audio": str(clip["path"]), "text": clip["text"], "id": "first"}, ensure_ascii=False).encode()
+    gbk = b'{"audio": "x.flac", "text": "\xb2\xe2\xca\xd4"}'  # 测试 saved as GBK
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes(codecs.BOM_UTF8 + good + b"\n" + gbk + b"\n" + good.replace(b"first", b"third") + b"\n")
+    source = load_source(manifest)
+    assert [u.id for u in source] == ["first", "third"]
+    [bad] = source.problems
+    assert (bad.kind, bad.where) == ("not_utf8", "m.jsonl:2")
+    assert bad.reason == "not valid UTF-8 (byte 0xb2 at byte 30 of the line); save the file as UTF-8"
+    # Kaldi tables and folder transcripts the same way
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    (kaldi / "wav.scp").write_bytes(codecs.BOM_UTF8 + f"u1 {clip['path']}\nu2 {clip['path']}\n".encode())
+    (kaldi / "text").write_bytes(f"u1 {clip['text']}\n".encode() + b"u2 \xb2\xe2\xca\xd4\n")
+    source = load_source(kaldi)
+    assert [u.id for u in source] == ["u1"]
+    assert [(p.kind, p.where) for p in source.problems][:1] == [("not_utf8", "text:2")]
+
+
+@needs_shared
+def test_folder_format_sees_every_audio_extension_transcribe_does(tmp_path):
+    from whisper_zh.inputs import expand_inputs
+
+    clip = _clips(1)[0]
+    for name in ("a.flac", "b.mkv", "c.amr"):
+        shutil.copy(clip["path"], tmp_path / name)  # the loader indexes; it does not decode
+        (tmp_path / name).with_suffix(".txt").write_text(clip["text"], encoding="utf-8")
+    (tmp_path / "d.wav").write_bytes(b"RIFF")
+    (tmp_path / "d.txt").write_bytes(b"\xb2\xe2\xca\xd4")  # GBK: a bad row, not text with U+FFFD in it
+    source = load_source(tmp_path, "folder")
+    assert [u.id for u in source] == ["a", "b", "c"]
+    assert [(p.id, p.kind) for p in source.problems] == [("d", "not_utf8")]
+    assert sorted(Path(p).name for p in expand_inputs([str(tmp_path)]).paths) == ["a.flac", "b.mkv", "c.amr", "d.wav"]

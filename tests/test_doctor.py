@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from whisper_zh.doctor import check_environment, estimate_memory_gb, model_shape, run_checks
+from whisper_zh.training.doctor import check_environment, estimate_memory_gb, model_shape, run_checks
 from whisper_zh.training.features import load_utterances
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aishell1-sample-S0150"
@@ -28,6 +29,7 @@ def bad_data(tmp_path_factory):
     sf.write(root / "short.wav", audio[: int(0.2 * rate)], rate)
     sf.write(root / "long.wav", np.tile(audio, int(31 / (len(audio) / rate)) + 1), rate)
     (root / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk" * 10)
+    sf.write(root / "silent.wav", np.zeros(2 * rate, np.float32), rate)
     rows = [{"id": it.id, "audio": it.audio, "text": it.text} for it in good]
     rows += [
         {"id": "short", "audio": str(root / "short.wav"), "text": "好"},
@@ -43,6 +45,11 @@ def bad_data(tmp_path_factory):
         },
         {"id": "private", "audio": items[213].audio, "text": "私用区字符\ue000在这里"},
         {"id": "empty", "audio": items[214].audio, "text": "。，"},
+        {"id": "silent", "audio": str(root / "silent.wav"), "text": "安静"},
+        {"id": "gone", "audio": str(root / "gone.wav"), "text": "不见了"},
+        {"id": "blank", "audio": items[215].audio, "text": ""},
+        {"id": "english", "audio": items[216].audio, "text": "the quick brown fox jumps"},
+        {"id": "kana", "audio": items[217].audio, "text": "これはペンです"},
     ]
     train = root / "train.jsonl"
     train.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
@@ -76,6 +83,39 @@ def test_audio_and_duration_problems(report):
     assert short.count == 1 and short.examples[0].startswith("short (0.20 s)")
     long = examples(report, "train:too_long")
     assert long.level == "error" and long.examples[0].startswith("long (")
+
+
+def test_each_reason_is_named_and_counted_on_its_own(report):
+    # one missing file and one empty transcript are two findings, not "2 rows (empty reference text)"
+    missing = examples(report, "train:unusable_rows:missing_audio")
+    assert missing.count == 1 and missing.examples[0].startswith("gone") and "audio file not found" in missing.message
+    blank = examples(report, "train:unusable_rows:empty_text")
+    assert blank.count == 1 and blank.examples[0].startswith("blank") and "empty reference text" in blank.message
+    # a silent clip is not "audio that does not decode"
+    silent = examples(report, "train:silent_audio")
+    assert silent.examples == ["silent"] and "silent" in silent.message
+    undecodable = [f for f in report.findings if f.code == "train:undecodable_audio"]
+    assert [f.examples for f in undecodable] == [["broken"]]
+
+
+def test_wrong_language_transcripts_are_flagged(report):
+    assert examples(report, "train:no_chinese").examples == ["english ('the quick brown fox ')"]
+    assert examples(report, "train:japanese_kana").examples == ["kana (これはペ)"]
+    assert examples(report, "train:japanese_kana").level == "warning"
+
+
+def test_speaking_rate_is_judged_against_the_data_itself():
+    from whisper_zh.training.doctor import check_data
+
+    items = load_utterances(DATA / "manifest.jsonl")
+    window = [it for it in items if "W0227" <= it.id[-5:] <= "W0236"]
+    assert len(window) == 10
+    # W0230 (3.3 characters/s) among its neighbours was flagged on every run: it is ordinary read speech
+    assert not [f.code for f in check_data(window) if f.code.endswith("speaking_rate")]
+    longest = max(window, key=lambda it: it.duration)
+    mispaired = dataclasses.replace(longest, id="mispaired", text="好的")  # a transcript from another clip
+    [rate] = [f for f in check_data([*window, mispaired]) if f.code.endswith("speaking_rate")]
+    assert rate.examples == [f"mispaired ({2 / longest.duration:.1f}/s)"]
 
 
 def test_transcript_problems(report):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from whisper_zh.cli import main
-from whisper_zh.data import DataSource
+from whisper_zh.data import BadRow, DataSource
 from whisper_zh.errors import MetricError
 from whisper_zh.evaluation import (
     Prediction,
@@ -52,6 +52,14 @@ def test_score_predictions_hand_computed():
     }
     with pytest.raises(MetricError, match="no utterance"):
         score_predictions([Prediction("x", "", "a")])
+    # every row bad: each reason counted on its own, the loader's rows included (it said "(0 skipped)")
+    dropped = [BadRow("g", "audio file not found: g.wav", "m.jsonl:1", "missing_audio")]
+    with pytest.raises(MetricError) as info:
+        score_predictions([Prediction("x", "", "a"), _predictions()[4]], dropped=dropped)
+    assert str(info.value) == (
+        "no utterance could be scored: all 3 row(s) are unusable (1 audio file not found, 1 empty reference text, "
+        "1 audio cannot be decoded); the first: m.jsonl:1: audio file not found: g.wav"
+    )
 
 
 def test_report_files(tmp_path):
@@ -145,7 +153,8 @@ def test_cli_refuses_bad_arguments_before_loading_the_model(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main(["evaluate"]) == 2
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text(json.dumps({"audio": "x.wav", "text": "好"}) + "\n", encoding="utf-8")
+    clip = Path(__file__).resolve().parents[1] / "examples" / "BAC009S0150W0121.flac"
+    manifest.write_text(json.dumps({"audio": str(clip), "text": "好"}) + "\n", encoding="utf-8")
     (tmp_path / "file").write_text("", encoding="utf-8")
     assert main(["evaluate", "--data", str(manifest), "--output-dir", str(tmp_path / "file" / "out")]) == 2
     assert "cannot be written" in capsys.readouterr().err
@@ -242,3 +251,42 @@ def test_rescore_without_transcribing(tmp_path, capsys):
     )
     assert "| CER | plain |" in capsys.readouterr().out
     assert (tmp_path / "re" / "report.md").is_file()
+
+
+def test_every_row_bad_is_one_line_before_the_model_loads(tmp_path, capsys):
+    lines = [
+        json.dumps({"id": "a", "audio": "gone1.flac", "text": "你好"}).encode(),
+        json.dumps({"id": "b", "audio": "gone2.flac", "text": "你好"}).encode(),
+        json.dumps({"id": "c", "audio": str(Path(__file__)), "text": " "}).encode(),
+        b'{"id": "d", "audio": "x.flac", "text": "\xb2\xe2\xca\xd4"}',  # GBK, not UTF-8
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes(b"\n".join(lines) + b"\n")
+    # an unknown model proves the rows are judged first: the model would fail to load otherwise
+    assert main(["evaluate", "--data", str(manifest), "--model", "no-such-model", "--output-dir", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {manifest}: no utterance could be scored: all 4 row(s) are unusable (2 audio file not found, "
+        f"1 empty reference text, 1 line is not valid UTF-8); the first: m.jsonl:1: audio file not found: "
+        f"{tmp_path / 'gone1.flac'}"
+    )
+
+
+def test_rescore_takes_either_file_and_keeps_the_original_report(tmp_path, capsys):
+    from whisper_zh.evaluation import rescore
+
+    predictions = _predictions()
+    first = build_evaluation(
+        score_predictions(predictions, n_resamples=100), None, all_predictions=predictions, model={"name": "m"}
+    )
+    paths = first.write(tmp_path / "run")
+    before = {name: path.read_bytes() for name, path in paths.items()}
+    again = rescore(paths["predictions"], n_resamples=100)  # the help promised predictions.jsonl
+    assert again.report["metrics"] == first.report["metrics"] and again.report["model"] == {"name": "m"}
+    for given in (paths["predictions"], paths["report"]):
+        code = main(["evaluate", "--rescore", str(given), "--keep-punctuation", "--resamples", "100"])
+        assert code == 0
+        assert "| CER | plain |" in capsys.readouterr().out
+    assert {name: path.read_bytes() for name, path in paths.items()} == before  # never overwritten unasked
+    rescored = json.loads((tmp_path / "run" / "rescored" / "report.json").read_text(encoding="utf-8"))
+    assert rescored["rescored_from"] == str(paths["predictions"])
+    assert rescored["normalisation"]["plain"] != first.report["normalisation"]["plain"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from whisper_zh.training.config import (
@@ -24,7 +26,7 @@ def test_defaults_are_the_reference_recipe():
         16,
     )
     assert config.total_batch_size == 32
-    assert config.optimizer == "adamw" and config.lr_scheduler == "linear" and config.warmup_steps > 0
+    assert config.lr_scheduler == "linear" and config.warmup_steps > 0
     assert config.script == "simplified"
 
 
@@ -153,3 +155,15 @@ def test_scheduler_matches_transformers(kind):
             scheduler.step()
     assert ours == pytest.approx(theirs, abs=1e-12)
     assert ours[0] == 0.0 and ours[3] == pytest.approx(2e-5)
+
+
+def test_settings_that_did_nothing_are_gone_and_old_files_still_load(tmp_path, caplog):
+    # min_duration, max_duration, dataloader_workers and optimizer were accepted and never read
+    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    assert not names & {"min_duration", "max_duration", "dataloader_workers", "optimizer"}
+    old = tmp_path / "finetune_config.yaml"  # as saved by an earlier version
+    old.write_text("learning_rate: 2.0e-5\noptimizer: adamw\ndataloader_workers: 4\nmin_duration: 1.0\n")
+    with caplog.at_level("WARNING"):
+        config = build_config(config_file=old)
+    assert config.learning_rate == 2e-5
+    assert "setting 'dataloader_workers' is ignored" in caplog.text and "'optimizer' is ignored" in caplog.text

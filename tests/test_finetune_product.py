@@ -105,9 +105,10 @@ def test_export_of_unchanged_weights_evaluates_as_the_base_to_the_character(unch
 @pytest.fixture(scope="module")
 def tiny_unchanged(tmp_path_factory):
     """(tiny model dir, output dir, FinetuneResult, {name: Evaluation}) for a run whose export is step 0."""
+    from tests.tiny_whisper import build_tiny_random_whisper
+
     from whisper_zh.data import load_source
     from whisper_zh.evaluation import evaluate
-    from whisper_zh.hf import build_tiny_random_whisper
     from whisper_zh.training.checkpoint_eval import decode_options
     from whisper_zh.training.config import build_config
     from whisper_zh.training.trainer import finetune

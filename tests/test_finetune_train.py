@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from whisper_zh.hf import build_tiny_random_whisper
+    from tests.tiny_whisper import build_tiny_random_whisper
 
     root = tmp_path_factory.mktemp("ft")
     model = build_tiny_random_whisper(root / "tiny", seed=0, d_model=32, layers=1, heads=2, ffn_dim=64)

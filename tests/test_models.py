@@ -9,6 +9,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from whisper_zh.errors import ModelNotFoundError
+from whisper_zh.files import leftovers
 from whisper_zh.models import (
     EMBEDDED_MODEL_BIN_SIZE,
     detect_layout,
@@ -23,7 +24,7 @@ def test_embedded_model_assembles_once_into_cache(tmp_path, monkeypatch):
     assert first.parent.parent == tmp_path
     assert (first / "model.bin").stat().st_size == EMBEDDED_MODEL_BIN_SIZE
     assert {p.name for p in first.iterdir()} >= {"model.bin", "config.json", "tokenizer.json", "vocabulary.json"}
-    assert not [p for p in first.parent.iterdir() if p.name.startswith(".assemble-")]  # no staging left behind
+    assert leftovers(first.parent) == []  # no staging left behind
     mtime = (first / "model.bin").stat().st_mtime_ns
     started = time.perf_counter()
     assert embedded_model_dir() == first
@@ -67,6 +68,10 @@ def test_unknown_model_name_is_a_clear_error(tmp_path):
         resolve_model("whisper-gigantic")
     with pytest.raises(ModelNotFoundError, match="neither a CTranslate2"):
         resolve_model(str(tmp_path))
+    # a path that does not exist is not a hub id: it used to get "not in the Hugging Face cache ... hf download /x"
+    for path in (str(tmp_path / "gone"), "./gone", "out/run/best", "~/gone"):
+        with pytest.raises(ModelNotFoundError, match=f"^{path}: no such model directory$"):
+            resolve_model(path)
 
 
 def test_hub_id_offline_fails_fast_with_instructions(monkeypatch, tmp_path):
@@ -77,3 +82,5 @@ def test_hub_id_offline_fails_fast_with_instructions(monkeypatch, tmp_path):
         resolve_model("openai/whisper-medium")
     assert time.perf_counter() - started < 10
     assert "--model DIR" in str(info.value)
+    # the installed huggingface_hub ships `hf`, not `huggingface-cli`
+    assert "hf download openai/whisper-medium --local-dir DIR" in str(info.value)

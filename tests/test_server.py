@@ -428,7 +428,7 @@ def test_stream_sends_segments_of_long_audio_as_pieces_finish(transcriber, manif
 
 
 def test_queue_admission_batching_failure_and_close():
-    from whisper_zh.serving_queue import BatchingQueue, QueueClosedError, QueueFullError
+    from whisper_zh.server.queue import BatchingQueue, QueueClosedError, QueueFullError
 
     calls: list[list[int]] = []
     gate, entered = threading.Event(), threading.Event()
@@ -478,7 +478,7 @@ def test_queue_admission_batching_failure_and_close():
 
 
 def test_cancelled_job_frees_its_slot_and_samples():
-    from whisper_zh.serving_queue import BatchingQueue
+    from whisper_zh.server.queue import BatchingQueue
 
     gate, entered = threading.Event(), threading.Event()
     q = BatchingQueue(lambda items, o, p: (entered.set(), gate.wait(10), list(items))[2], max_pending=2,
@@ -545,3 +545,315 @@ def test_readme_curl_examples_work_as_written(request):
     for command in commands:
         if "/metrics" in command:
             run(command)
+
+
+# -- hostile and careless input (issue 11) and the server's own rules --------------------------------------
+
+
+def _connect(url: str, timeout: float = 30.0) -> socket.socket:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    return sock
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (or a timeout)."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return b"".join(chunks)
+
+
+def _stalled_upload(url: str, declared: int = 500_000) -> socket.socket:
+    """A client that sends an upload's headers and the first bytes of its body, then nothing."""
+    sock = _connect(url)
+    boundary = "stalledboundary"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="slow.wav"\r\n\r\nRIFF')
+    sock.sendall(
+        (f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {url.removeprefix('http://')}\r\n"
+         f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {declared}\r\n\r\n{head}").encode()
+    )
+    return sock
+
+
+def _wait_for(url: str, predicate, seconds: float = 60.0) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        health = httpx.get(f"{url}/health").json()
+        if predicate(health):
+            return health
+        assert time.monotonic() < deadline, health
+        time.sleep(0.05)
+
+
+def test_unknown_language_is_a_400_naming_it_before_the_queue(server, manifest):
+    flac = manifest[CLIP_IDS[0]]["path"].read_bytes()
+    before = _metrics(server)
+    for path in ("/v1/audio/transcriptions", "/v1/audio/translations"):
+        response = httpx.post(f"{server}{path}", files={"file": ("a.flac", flac)},
+                              data={"model": "whisper-1", "language": "xx"}, timeout=60)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == "language" and error["code"] == "unsupported_language"
+        assert "'xx'" in error["message"]
+    after = _metrics(server)
+    assert after[("whisper_zh_batch_size_count", ())] == before.get(("whisper_zh_batch_size_count", ()), 0.0)
+    assert httpx.get(f"{server}/health").json()["queue"]["in_flight"] == 0
+
+
+def test_unknown_default_language_stops_the_server_before_it_starts(transcriber):
+    from whisper_zh.decoding import DecodeOptions
+    from whisper_zh.errors import UsageError
+
+    with pytest.raises(UsageError, match="--language xx"):
+        create_app(ServerConfig(decode=DecodeOptions(language="xx", pack=False)), transcriber=transcriber)
+
+
+class _Recording:
+    """The real Transcriber, with the options of every batch it is asked to decode written down."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.options = inner, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def transcribe_batch(self, audios, options, **kwargs):
+        self.options.append(options)
+        return self.inner.transcribe_batch(audios, options, **kwargs)
+
+
+def test_language_auto_keeps_the_mandarin_prompt(transcriber, manifest):
+    from whisper_zh.decoding import DEFAULT_ZH_PROMPT
+
+    recording = _Recording(transcriber)
+    clip = manifest[CLIP_IDS[1]]
+    with serve_in_thread(create_app(ServerConfig(), transcriber=recording)) as url:
+        texts = {language: _post(url, clip["path"], language=language).json()["text"] for language in ("auto", "zh")}
+    auto, zh = recording.options
+    assert (auto.language, zh.language) == (None, "zh")
+    assert auto.prompt_for("zh") == zh.prompt_for("zh") == DEFAULT_ZH_PROMPT  # detected Mandarin keeps the prompt
+    for language, text in texts.items():
+        assert text.endswith("。") and _cer(clip["text"], text) <= MAX_CER, (language, text)
+
+
+def test_health_reports_the_engine_that_runs(server, tmp_path):
+    from tests.tiny_whisper import build_tiny_random_whisper
+
+    from whisper_zh import Transcriber
+
+    assert httpx.get(f"{server}/health").json()["engine"] == "ctranslate2"
+    tiny = Transcriber(str(build_tiny_random_whisper(tmp_path / "tiny")), engine="transformers")
+    config = ServerConfig(model=str(tmp_path / "tiny"), engine="ctranslate2")  # what was asked is not what runs
+    with serve_in_thread(create_app(config, transcriber=tiny)) as url:
+        health = httpx.get(f"{url}/health").json()
+    assert health["engine"] == "transformers" and health["model"] == "tiny"
+
+
+def test_stalled_uploads_get_408_and_leave_the_model_queue_free(transcriber, manifest):
+    """Clients that send headers and stall hold an upload place only until the minimum rate says they are
+    stalled; they never hold the model queue's places, so a real request goes through meanwhile."""
+    config = ServerConfig(max_pending=2, max_uploading=8, upload_grace_s=2.0, min_upload_bytes_per_s=64 << 10)
+    with serve_in_thread(create_app(config, transcriber=transcriber)) as url:
+        started = time.monotonic()
+        stalled = [_stalled_upload(url) for _ in range(4)]
+        _wait_for(url, lambda h: h["uploads"]["in_progress"] == 4)
+        real = _post(url, manifest[CLIP_IDS[0]]["path"])
+        assert real.status_code == 200, real.text
+        answers = [_read_response(sock) for sock in stalled]
+        elapsed = time.monotonic() - started
+        for sock in stalled:
+            sock.close()
+        for answer in answers:
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+            assert b'"code":"upload_timeout"' in answer and b"connection: close" in answer.lower()
+        assert elapsed < 30
+        health = _wait_for(url, lambda h: h["uploads"]["in_progress"] == 0 and h["queue"]["in_flight"] == 0, 10)
+        assert health["queue"]["waiting"] == 0
+
+
+def test_half_open_connections_neither_block_health_nor_stay_open(transcriber):
+    """300 connections that never finish their headers: /health still answers 200 (uvicorn's concurrency limit
+    is set above them), and the header deadline closes them."""
+    config = ServerConfig(header_timeout_s=1.5)
+    with serve_in_thread(create_app(config, transcriber=transcriber)) as url:
+        sockets = []
+        try:
+            for _ in range(300):
+                sock = _connect(url, timeout=10)
+                sock.sendall(b"GET /hea")
+                sockets.append(sock)
+            assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+            started = time.monotonic()
+            closed = [sock.recv(1024) == b"" for sock in sockets[:: 30]]  # EOF: the server closed them
+            assert all(closed) and time.monotonic() - started < 8
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def _flac_bomb(minutes: float, *, unknown_length: bool = False) -> bytes:
+    """FLAC of ``minutes`` of near-silence (a few kB); with ``unknown_length`` its header declares no length."""
+    audio = np.zeros(int(minutes * 60 * 16000), np.float32)
+    audio[:16000] = 0.1 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, 16000, format="FLAC", subtype="PCM_16")
+    data = bytearray(buffer.getvalue())
+    if unknown_length:  # STREAMINFO's 36-bit total sample count (bytes 21-25) set to 0
+        data[21] &= 0xF0
+        data[22:26] = bytes(4)
+    return bytes(data)
+
+
+def test_decompression_bomb_answers_413_quickly_with_bounded_memory(transcriber):
+    """A small FLAC that decodes to 20 minutes, against a 1-minute limit: refused from its header at once, or,
+    when its header does not say, as soon as decoding passes the limit, holding at most the limit's samples
+    (60 s x 16 kHz x 4 bytes = 3.8 MB) while it does."""
+    import tracemalloc
+
+    config = ServerConfig(max_audio_seconds=60)
+    with serve_in_thread(create_app(config, transcriber=transcriber)) as url:
+        for unknown in (False, True):
+            bomb = _flac_bomb(20, unknown_length=unknown)
+            assert len(bomb) < 200_000
+            tracemalloc.start()
+            try:
+                started = time.monotonic()
+                response = _post(url, data=bomb, name="bomb.flac")
+                elapsed = time.monotonic() - started
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert response.status_code == 413 and response.json()["error"]["code"] == "audio_too_long"
+            assert ("20.0 min" in response.json()["error"]["message"]) is not unknown
+            assert elapsed < 2.0
+            assert peak < 60 * 16000 * 4 + 4 * 2**20, f"peak {peak / 2**20:.1f} MB"
+        assert httpx.get(f"{url}/health").json()["queue"]["in_flight"] == 0
+
+
+def test_content_length_with_chunked_transfer_encoding_is_refused(server):
+    sock = _connect(server, timeout=10)
+    body = b"5\r\nhello\r\n0\r\n\r\n"
+    sock.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                 b"boundary=b\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    answer = _read_response(sock)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 400") and b"ambiguous_length" in answer, answer[:300]
+
+
+def test_cross_origin_requests_are_refused_unless_allowed(server, transcriber):
+    not_audio = {"files": {"file": ("a.wav", b"not audio at all" * 10)}, "data": {"model": "whisper-1"}}
+    evil = httpx.post(f"{server}/v1/audio/transcriptions", headers={"Origin": "https://evil.example"}, **not_audio)
+    assert evil.status_code == 403 and evil.json()["error"]["code"] == "origin_not_allowed"
+    assert "access-control-allow-origin" not in evil.headers
+    no_origin = httpx.get(f"{server}/v1/models", headers={"Sec-Fetch-Site": "cross-site"})
+    assert no_origin.status_code == 403
+    own = httpx.post(f"{server}/v1/audio/transcriptions", headers={"Origin": server}, **not_audio)
+    assert own.status_code == 400 and own.json()["error"]["code"] == "invalid_audio"  # past the guard
+
+    config = ServerConfig(cors_origins=("https://app.example",))
+    with serve_in_thread(create_app(config, transcriber=transcriber)) as url:
+        preflight = httpx.options(f"{url}/v1/audio/transcriptions", headers={
+            "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization"})
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        allowed = httpx.post(f"{url}/v1/audio/transcriptions", headers={"Origin": "https://app.example"}, **not_audio)
+        assert allowed.status_code == 400 and allowed.headers["access-control-allow-origin"] == "https://app.example"
+        other = httpx.post(f"{url}/v1/audio/transcriptions", headers={"Origin": "https://evil.example"}, **not_audio)
+        assert other.status_code == 403
+
+
+def test_page_security_headers_and_no_third_party_code(server):
+    page = httpx.get(f"{server}/")
+    assert page.status_code == 200
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    assert httpx.get(f"{server}/v1/models").headers["x-content-type-options"] == "nosniff"
+    # /docs would load Swagger UI from a CDN: off. The schema itself is served.
+    assert httpx.get(f"{server}/docs").status_code == 404
+    assert "/v1/audio/transcriptions" in httpx.get(f"{server}/openapi.json").json()["paths"]
+    static = REPO / "src" / "whisper_zh" / "static"
+    html, script = (static / "index.html").read_text(), (static / "app.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"):
+        assert sink not in script and sink not in html, sink
+    assert "<script>" not in html and " style=" not in html and " onclick=" not in html  # nothing inline for CSP
+    assert 'href="/docs"' not in html
+
+
+def test_truncated_upload_is_400_unless_the_client_allows_it(server, manifest):
+    clip = manifest[CLIP_IDS[1]]
+    audio, _ = sf.read(clip["path"], dtype="float32")
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, 16000, format="WAV", subtype="PCM_16")
+    cut = buffer.getvalue()[: 44 + len(audio)]  # the header and half the samples
+    refused = _post(server, data=cut, name="cut.wav")
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["code"] == "truncated_audio" and error["param"] == "file"
+    assert f"of the {clip['duration']:.1f} s its header declares" in error["message"]
+    assert "allow_truncated=true" in error["message"] and "<none>" not in error["message"]
+    allowed = _post(server, data=cut, name="cut.wav", allow_truncated="true", response_format="verbose_json")
+    assert allowed.status_code == 200 and allowed.json()["text"]
+    assert allowed.json()["duration"] == pytest.approx(clip["duration"] / 2, abs=0.05)
+
+
+def test_retry_after_is_the_time_left_in_the_model():
+    """Retry-After for a full queue says when the batch in the model should finish (from the measured cost of a
+    second of audio), not a fixed 1 s."""
+    from whisper_zh.server.queue import BatchingQueue, QueueFullError
+
+    def batch_fn(items, options, on_progress):
+        time.sleep(0.4 * sum(items))  # 0.4 s per "audio second"
+        return list(items)
+
+    q = BatchingQueue(batch_fn, max_pending=1, max_batch=1, batch_window_s=0.0)
+    q.start()
+    try:
+        q.acquire().submit(2.0, "o", seconds=2.0).result(10)  # measured: 0.8 s for 2 s of audio
+        busy = q.acquire().submit(10.0, "o", seconds=10.0)  # about 4 s in the model
+        while not q.busy:
+            time.sleep(0.01)
+        with pytest.raises(QueueFullError) as full:
+            q.acquire()
+        assert 3 <= full.value.retry_after <= 5
+        busy.result(10)
+    finally:
+        q.close(10)
+
+
+def test_counters_return_to_zero_after_clients_disconnect(server, manifest):
+    long_audio = _long_wav(manifest, CLIP_IDS[:3])
+    with pytest.raises(httpx.TimeoutException):  # the client gives up while its audio is decoded
+        httpx.post(f"{server}/v1/audio/transcriptions", files={"file": ("long.wav", long_audio)},
+                   data={"model": "whisper-1"}, timeout=httpx.Timeout(30, read=0.5))
+    stalled = _stalled_upload(server)
+    _wait_for(server, lambda h: h["uploads"]["in_progress"] == 1)
+    stalled.close()  # and one leaves in the middle of its upload
+    health = _wait_for(server, lambda h: h["uploads"]["in_progress"] == 0 and h["queue"]["in_flight"] == 0, 120)
+    assert health["queue"]["waiting"] == 0
+
+
+def test_stream_pieces_are_cut_in_pauses(manifest):
+    from whisper_zh.server.streaming import piece_bounds
+
+    clips = [sf.read(manifest[i]["path"], dtype="float32")[0] for i in CLIP_IDS[:3]]
+    pause = np.zeros(24000, np.float32)  # 1.5 s
+    audio = np.concatenate([clips[0], pause, clips[1], pause, clips[2]])
+    gaps = []
+    position = 0
+    for clip in clips[:2]:
+        position += len(clip)
+        gaps.append((position, position + len(pause)))
+        position += len(pause)
+    bounds = piece_bounds(audio, 8.0)
+    assert bounds[0][0] == 0 and bounds[-1][1] == len(audio)
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+    cuts = [end for _, end in bounds[:-1]]
+    assert cuts and all(any(lo < cut < hi for lo, hi in gaps) for cut in cuts), (cuts, gaps)

@@ -38,6 +38,11 @@ PACK_GAP = 0.8
 PACK_WINDOW = 29.0
 # A word belongs to the clip in whose span its end falls, give or take this much (alignment jitter).
 PACK_SLACK = 0.15
+# A packed clip's words must start within COVER_SLACK of where VAD hears its speech begin (VAD pads speech by
+# 0.4 s) and end within COVER_SLACK of where it ends; no word may cover more than WORD_SECONDS of speech per
+# two characters. Otherwise words fell out at the boundary, and the clip is decoded again on its own.
+COVER_SLACK = 0.8
+WORD_SECONDS = 1.0
 
 
 @dataclass(eq=False)  # identity semantics: used as a dict key
@@ -140,6 +145,28 @@ def make_packs(files: list[AudioFile]) -> list[Window]:
     return packs
 
 
+def _covers(member: Member, words: list[RawWord]) -> bool:
+    """Whether the words assigned to a packed clip account for all of its speech (as VAD hears it).
+
+    Whisper sometimes skips the start of a clip whose opening sounds like what it just heard (a clip packed after
+    its own beginning loses its first words), and the aligner then stretches the next word back over the skipped
+    speech. So: speech long before the first word or long after the last one, or one word spread over far more
+    speech than a word takes, means words fell out at the boundary, and the clip is decoded again on its own.
+    """
+    regions = member.file.regions
+    if not regions or not words:
+        return True
+    onset, offset = regions[0].start, regions[-1].end  # on the clip's timeline, VAD's padding included
+    first, last = words[0].start - member.start, words[-1].end - member.start
+    if max(first, onset) - onset > COVER_SLACK or offset - min(last, offset) > COVER_SLACK:
+        return False
+    for word in words:
+        heard = min(word.end - member.start, offset) - max(word.start - member.start, onset)
+        if heard > max(WORD_SECONDS, WORD_SECONDS / 2 * len(word.text.strip())):
+            return False
+    return True
+
+
 def _pack(pieces: list[np.ndarray], members: list[Member]) -> Window:
     return Window(members[0].file, np.concatenate(pieces[:-1]), 0.0, tuple(members))  # no trailing gap
 
@@ -164,7 +191,8 @@ def unpack(pack: Window, segments: list[RawSegment]) -> dict[AudioFile, RawSegme
         text = "".join(w.text for w in mine).strip()
         seconds = member.end - member.start
         rate = len(text) / seconds
-        if template is None or not text or (seconds > 2.0 and rate < 0.7) or rate > 12.0:
+        implausible = not text or (seconds > 2.0 and rate < 0.7) or rate > 12.0
+        if template is None or implausible or not _covers(member, mine):
             out[member.file] = None
             continue
         local = tuple(

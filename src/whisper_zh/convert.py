@@ -8,7 +8,9 @@
 * :func:`ensure_ctranslate2` / :func:`ensure_transformers` convert once into the cache and reuse the result.
 
 torch and transformers are imported inside the functions that need them: serving a CTranslate2 model must not
-require the training stack.
+require the training stack. This is the third layer of model loading: names (:mod:`whisper_zh.models`) ->
+Transformers parts (:mod:`whisper_zh.hf_parts`) -> conversion (here) -> loading (:mod:`whisper_zh.hf`); it
+imports only from the layers below it.
 """
 
 from __future__ import annotations
@@ -17,21 +19,17 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import struct
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from whisper_zh.errors import ModelNotFoundError, WhisperZhError
+from whisper_zh.files import atomic_dir
 from whisper_zh.models import ResolvedModel, cache_dir, detect_layout
-
-if TYPE_CHECKING:
-    import torch
 
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
 # What a Transformers checkpoint is stored as when converted for decoding: float16, as the embedded base is
@@ -248,32 +246,11 @@ def ct2_to_hf_state_dict(model: Ct2Model) -> dict[str, np.ndarray]:
     return out
 
 
-def _staging_dir(target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-
-
-def _publish(staging: Path, target: Path) -> None:
-    """Move a finished staging directory into place (os.replace; an old target is removed first)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it 0700; give it a normal directory's mode
-    if target.exists():
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    os.replace(staging, target)
-
-
 def _atomic_build(target: Path, build: Callable[[Path], None]) -> Path:
     """Run ``build(staging_dir)`` and publish it as ``target``; nothing half-written remains on failure."""
-    target = Path(target)
-    staging = _staging_dir(target)
-    try:
+    with atomic_dir(target) as staging:
         build(staging)
-        _publish(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return Path(target)
 
 
 def ct2_to_transformers_dir(ct2_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
@@ -292,7 +269,7 @@ def _ct2_to_hf_builder(ct2_dir: Path) -> Callable[[Path], None]:
     from safetensors.torch import save_file
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    from whisper_zh import hf
+    from whisper_zh import hf_parts as hf
 
     if detect_layout(ct2_dir) != "ctranslate2":
         raise ConversionError(f"{ct2_dir}: not a CTranslate2 model directory (model.bin + config.json)")
@@ -371,7 +348,7 @@ def _hf_to_ct2_builder(hf_dir: Path, quantization: str | None) -> Callable[[Path
 
 
 def _write_default_preprocessor_config(hf_dir: Path, out: Path) -> None:
-    from whisper_zh import hf
+    from whisper_zh import hf_parts as hf
 
     num_mel_bins = json.loads((hf_dir / "config.json").read_text(encoding="utf-8")).get("num_mel_bins", 80)
     hf.build_feature_extractor(num_mel_bins).save_pretrained(str(out))
@@ -434,8 +411,3 @@ def ensure_transformers(resolved: ResolvedModel) -> Path:
     name = _slug(resolved.path) if resolved.source == "embedded" else f"{_slug(resolved.path)}-{key[:10]}"
     target = cache_dir() / "models" / f"{name}-hf"
     return _cached(target, key, lambda: _ct2_to_hf_builder(resolved.path))
-
-
-def hf_state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
-    """A model's state dict as float32 numpy arrays (for tensor-by-tensor comparison)."""
-    return {k: t.detach().to("cpu").float().numpy() for k, t in model.state_dict().items()}

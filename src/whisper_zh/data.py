@@ -20,13 +20,15 @@ array. Formats (detected from ``spec`` unless ``format`` forces one):
 
 Column names are configurable (``audio_column``, ``text_column``, ``id_column``, ``speaker_column``,
 ``duration_column``) for the formats that have columns. Rows that cannot be used (no audio file, empty text,
-malformed line) are never silently dropped: they are listed in ``DataSource.problems`` and not yielded.
+malformed line, a line that is not UTF-8) are never silently dropped: they are listed in ``DataSource.problems``
+(a :class:`BadRow` with a ``kind`` that names the reason) and not yielded. Text files may start with a UTF-8 BOM.
 Kaldi and AISHELL transcripts are word-segmented; their spaces between CJK characters are removed so the text
 reads as Whisper writes it. Audio is decoded without torchcodec (soundfile / PyAV, see :mod:`whisper_zh.audio`).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import os
@@ -44,9 +46,26 @@ from whisper_zh.normalize import normalize_whitespace
 
 Format = Literal["jsonl", "kaldi", "aishell", "commonvoice", "hf-disk", "hub", "folder"]
 FORMATS: tuple[str, ...] = ("jsonl", "kaldi", "aishell", "commonvoice", "hf-disk", "hub", "folder")
+# What counts as an audio (or video with audio) file when a folder is searched: by `transcribe` and by the
+# `folder` data format alike.
 AUDIO_EXTENSIONS = frozenset(
-    {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".webm", ".aac", ".wma", ".mp4"}
+    {".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".oga", ".opus", ".wma", ".webm", ".mp4", ".mkv", ".mov",
+     ".avi", ".amr", ".aiff", ".aif"}
 )
+# BadRow.kind -> how reports name it; each kind is counted on its own.
+BAD_ROW_KINDS: dict[str, str] = {
+    "malformed_row": "malformed row",
+    "not_utf8": "line is not valid UTF-8",
+    "missing_audio": "audio file not found",
+    "unreadable_audio": "audio cannot be decoded",
+    "empty_text": "empty reference text",
+    "no_transcript": "no transcript for the audio",
+    "no_audio": "transcript without audio",
+    "duplicate_id": "duplicate id",
+    "unsupported": "unsupported entry",
+    "not_transcribed": "not transcribed",
+    "empty_after_normalisation": "reference empty after normalisation",
+}
 
 # Column names tried, in order, when none is given.
 DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -57,6 +76,13 @@ DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
     "duration": ("duration", "length"),
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Formats that only a directory can hold, and what it holds.
+_DIRECTORY_FORMATS = {
+    "kaldi": "wav.scp and text",
+    "aishell": "transcript/ and wav/",
+    "folder": "audio files with .txt transcripts",
+    "hf-disk": "a dataset saved with save_to_disk",
+}
 
 
 @dataclass(frozen=True)
@@ -84,14 +110,52 @@ class Utterance:
 
 @dataclass(frozen=True)
 class BadRow:
-    """A row that was not yielded, and why (``where`` is a file and line, or a row number)."""
+    """A row that was not yielded, and why: ``kind`` is one of :data:`BAD_ROW_KINDS` (what reports count),
+    ``reason`` the one-line detail, ``where`` a file and line, or a row number."""
 
     id: str
     reason: str
     where: str = ""
+    kind: str = "malformed_row"
 
     def to_dict(self) -> dict[str, str]:
-        return {"id": self.id, "reason": self.reason, "where": self.where}
+        return {"id": self.id, "kind": self.kind, "reason": self.reason, "where": self.where}
+
+
+def count_kinds(rows: list[BadRow]) -> str:
+    """"3 audio file not found, 1 empty reference text": each reason counted and named on its own."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.kind] = counts.get(row.kind, 0) + 1
+    return ", ".join(f"{n} {BAD_ROW_KINDS.get(kind, kind or 'other')}" for kind, n in counts.items())
+
+
+@dataclass(frozen=True)
+class TextLine:
+    """One line of a text file: ``text`` without its line ending, or None with ``problem`` when it is not UTF-8."""
+
+    number: int
+    text: str | None
+    problem: str = ""
+
+
+def read_lines(path: str | os.PathLike) -> Iterator[TextLine]:
+    """The lines of a UTF-8 text file, numbered from 1, a byte-order mark at the start ignored.
+
+    A line that is not valid UTF-8 comes back with ``text=None`` and the reason (which byte, where), so one bad
+    line is one bad row, not the end of the file.
+    """
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            raw = raw.rstrip(b"\r\n")
+            try:
+                yield TextLine(number, raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                problem = (f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line); "
+                           "save the file as UTF-8")
+                yield TextLine(number, None, problem)
 
 
 class DataSource:
@@ -123,6 +187,11 @@ class DataSource:
             return iter(self._utterances)
         assert self._rows is not None
         return self._rows()
+
+    @property
+    def streamed(self) -> bool:
+        """True for rows converted as they are iterated (Hugging Face datasets): ``problems`` fills as they go."""
+        return self._utterances is None
 
     def __len__(self) -> int:
         """Number of usable utterances (for streamed hub data: the split's row count, problems included)."""
@@ -188,7 +257,12 @@ def load_source(
         "commonvoice": _load_commonvoice,
         "folder": _load_folder,
     }[fmt]
-    utterances, problems = loader(path, split=split, columns=columns, check_audio=check_audio)
+    if fmt in _DIRECTORY_FORMATS and not path.is_dir():
+        raise DataError(f"{spec}: the {fmt} format is a directory ({_DIRECTORY_FORMATS[fmt]}), not a file")
+    try:
+        utterances, problems = loader(path, split=split, columns=columns, check_audio=check_audio)
+    except OSError as exc:  # a file the format needs is missing or unreadable
+        raise DataError(f"{exc.filename or spec}: cannot read it as {fmt} data ({exc.strerror or exc})") from exc
     utterances = _drop_duplicate_ids(utterances, problems)
     if limit is not None:
         utterances = utterances[:limit]
@@ -201,7 +275,7 @@ def _drop_duplicate_ids(utterances: list[Utterance], problems: list[BadRow]) -> 
     kept = []
     for utt in utterances:
         if utt.id in seen:
-            problems.append(BadRow(utt.id, "duplicate id (an earlier row has it)", str(utt.audio)))
+            problems.append(BadRow(utt.id, "duplicate id (an earlier row has it)", str(utt.audio), "duplicate_id"))
         else:
             seen.add(utt.id)
             kept.append(utt)
@@ -271,10 +345,10 @@ def _make(
     """Build an utterance, or record why the row is unusable and return None."""
     text = "" if text is None else str(text).strip()
     if isinstance(audio, str) and check_audio and not Path(audio).is_file():
-        problems.append(BadRow(uid, f"audio file not found: {audio}", where))
+        problems.append(BadRow(uid, f"audio file not found: {audio}", where, "missing_audio"))
         return None
     if not text:
-        problems.append(BadRow(uid, "empty reference text", where))
+        problems.append(BadRow(uid, "empty reference text", where, "empty_text"))
         return None
     try:
         seconds = float(duration) if duration not in (None, "") else None
@@ -288,44 +362,48 @@ def _load_jsonl(path: Path, *, columns: dict[str, str | None], check_audio: bool
         path = path / "manifest.jsonl"
     utterances: list[Utterance] = []
     problems: list[BadRow] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path.name}:{number}"
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError("not a JSON object")
-                audio = str(_pick(row, "audio", columns, required=True))
-            except (ValueError, KeyError) as exc:
-                problems.append(BadRow(f"line {number}", f"malformed manifest row: {exc}", where))
-                continue
-            uid = str(_pick(row, "id", columns) or Path(audio).stem)
-            resolved = audio if os.path.isabs(audio) else str(path.parent / audio)
-            utt = _make(
-                uid,
-                resolved,
-                _pick(row, "text", columns),
-                where,
-                check_audio,
-                problems,
-                _pick(row, "duration", columns),
-                _pick(row, "speaker", columns),
-            )
-            if utt is not None:
-                utterances.append(utt)
+    for line in read_lines(path):
+        where = f"{path.name}:{line.number}"
+        if line.text is None:
+            problems.append(BadRow(f"line {line.number}", line.problem, where, "not_utf8"))
+            continue
+        if not line.text.strip():
+            continue
+        try:
+            row = json.loads(line.text)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+            audio = str(_pick(row, "audio", columns, required=True))
+        except (ValueError, KeyError) as exc:
+            problems.append(BadRow(f"line {line.number}", f"malformed manifest row: {exc}", where))
+            continue
+        uid = str(_pick(row, "id", columns) or Path(audio).stem)
+        resolved = audio if os.path.isabs(audio) else str(path.parent / audio)
+        utt = _make(
+            uid,
+            resolved,
+            _pick(row, "text", columns),
+            where,
+            check_audio,
+            problems,
+            _pick(row, "duration", columns),
+            _pick(row, "speaker", columns),
+        )
+        if utt is not None:
+            utterances.append(utt)
     return utterances, problems
 
 
-def _read_table(path: Path) -> dict[str, str]:
-    """A Kaldi-style two-column file: first token -> rest of the line."""
+def _read_table(path: Path, problems: list[BadRow]) -> dict[str, str]:
+    """A Kaldi-style two-column file: first token -> rest of the line (lines that are not UTF-8 are problems)."""
     table: dict[str, str] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            parts = line.strip().split(maxsplit=1)
-            if parts:
-                table[parts[0]] = parts[1] if len(parts) > 1 else ""
+    for line in read_lines(path):
+        if line.text is None:
+            problems.append(BadRow(f"line {line.number}", line.problem, f"{path.name}:{line.number}", "not_utf8"))
+            continue
+        parts = line.text.strip().split(maxsplit=1)
+        if parts:
+            table[parts[0]] = parts[1] if len(parts) > 1 else ""
     return table
 
 
@@ -339,20 +417,20 @@ def _load_kaldi(path: Path, *, check_audio: bool, **_: Any) -> Loaded:
         raise DataError(
             f"{path}: Kaldi 'segments' files (several utterances per recording) are not supported"
         )
-    wavs = _read_table(path / "wav.scp")
-    texts = _read_table(path / "text")
-    speakers = _read_table(path / "utt2spk") if (path / "utt2spk").is_file() else {}
-    durations = _read_table(path / "utt2dur") if (path / "utt2dur").is_file() else {}
     utterances: list[Utterance] = []
     problems: list[BadRow] = []
+    wavs = _read_table(path / "wav.scp", problems)
+    texts = _read_table(path / "text", problems)
+    speakers = _read_table(path / "utt2spk", problems) if (path / "utt2spk").is_file() else {}
+    durations = _read_table(path / "utt2dur", problems) if (path / "utt2dur").is_file() else {}
     for uid, location in wavs.items():
         where = f"wav.scp:{uid}"
         if location.endswith("|"):
-            problems.append(BadRow(uid, "piped wav.scp command (not a file) is not supported", where))
+            problems.append(BadRow(uid, "piped wav.scp command (not a file) is not supported", where, "unsupported"))
             continue
         audio = location if os.path.isabs(location) else _relative(location, path)
         if uid not in texts:
-            problems.append(BadRow(uid, "no transcript in 'text'", where))
+            problems.append(BadRow(uid, "no transcript in 'text'", where, "no_transcript"))
             continue
         utt = _make(
             uid,
@@ -367,7 +445,7 @@ def _load_kaldi(path: Path, *, check_audio: bool, **_: Any) -> Loaded:
         if utt is not None:
             utterances.append(utt)
     for uid in texts.keys() - wavs.keys():
-        problems.append(BadRow(uid, "transcript without audio in wav.scp", f"text:{uid}"))
+        problems.append(BadRow(uid, "transcript without audio in wav.scp", f"text:{uid}", "no_audio"))
     return utterances, problems
 
 
@@ -392,16 +470,18 @@ def _load_aishell(path: Path, *, split: str | None, check_audio: bool, **_: Any)
     if root is None:
         raise DataError(f"{path}: no AISHELL layout (transcript/aishell_transcript_v0.8.txt and wav/)")
     transcript = sorted((root / "transcript").glob("aishell_transcript*.txt"))[-1]
-    texts = _read_table(transcript)
+    utterances: list[Utterance] = []
+    problems: list[BadRow] = []
+    texts = _read_table(transcript, problems)
     wav_dir = root / "wav" / split if split else root / "wav"
     if not wav_dir.is_dir():
         raise DataError(f"{wav_dir}: no such split directory")
-    utterances: list[Utterance] = []
-    problems: list[BadRow] = []
     for wav in sorted(p for p in wav_dir.rglob("*") if p.suffix.lower() in (".wav", ".flac")):
         uid = wav.stem
         if uid not in texts:
-            problems.append(BadRow(uid, f"no transcript in {transcript.name}", str(wav.relative_to(root))))
+            problems.append(
+                BadRow(uid, f"no transcript in {transcript.name}", str(wav.relative_to(root)), "no_transcript")
+            )
             continue
         utt = _make(
             uid,
@@ -431,11 +511,10 @@ def _load_commonvoice(
     clips = root / "clips"
     durations: dict[str, str] = {}
     if (root / "clip_durations.tsv").is_file():  # newer releases: clip, duration[ms]
-        with open(root / "clip_durations.tsv", encoding="utf-8", newline="") as handle:
-            for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
-                values = list(row.values())
-                if len(values) >= 2 and values[1]:
-                    durations[values[0]] = str(float(values[1]) / 1000)
+        for _, row in _tsv_rows(root / "clip_durations.tsv", []):  # a bad line only loses a duration
+            values = list(row.values())
+            if len(values) >= 2 and values[1]:
+                durations[values[0]] = str(float(values[1]) / 1000)
     columns = {
         "audio": "path",
         "text": "sentence",
@@ -444,35 +523,49 @@ def _load_commonvoice(
     }
     utterances: list[Utterance] = []
     problems: list[BadRow] = []
-    with open(tsv, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        for number, row in enumerate(reader, 2):
-            where = f"{tsv.name}:{number}"
-            try:
-                name = str(_pick(row, "audio", columns, required=True))
-            except KeyError as exc:
-                problems.append(BadRow(f"line {number}", f"malformed row: {exc}", where))
-                continue
-            uid = str(row.get(columns["id"]) or Path(name).stem) if columns.get("id") else Path(name).stem
-            utt = _make(
-                uid,
-                str(clips / name),
-                _pick(row, "text", columns),
-                where,
-                check_audio,
-                problems,
-                durations.get(name),
-                _pick(row, "speaker", columns),
-            )
-            if utt is not None:
-                utterances.append(utt)
+    for number, row in _tsv_rows(tsv, problems):
+        where = f"{tsv.name}:{number}"
+        try:
+            name = str(_pick(row, "audio", columns, required=True))
+        except KeyError as exc:
+            problems.append(BadRow(f"line {number}", f"malformed row: {exc}", where))
+            continue
+        uid = str(row.get(columns["id"]) or Path(name).stem) if columns.get("id") else Path(name).stem
+        utt = _make(
+            uid,
+            str(clips / name),
+            _pick(row, "text", columns),
+            where,
+            check_audio,
+            problems,
+            durations.get(name),
+            _pick(row, "speaker", columns),
+        )
+        if utt is not None:
+            utterances.append(utt)
     return utterances, problems
+
+
+def _tsv_rows(path: Path, problems: list[BadRow]) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, {column: value}) for each data line of a tab-separated file with a header line."""
+    header: list[str] | None = None
+    for line in read_lines(path):
+        if line.text is None:
+            problems.append(BadRow(f"line {line.number}", line.problem, f"{path.name}:{line.number}", "not_utf8"))
+            continue
+        if not line.text:
+            continue
+        values = next(csv.reader([line.text], delimiter="\t", quoting=csv.QUOTE_NONE))
+        if header is None:
+            header = values
+            continue
+        yield line.number, dict(zip(header, values, strict=False))
 
 
 def _is_cv_split(tsv: Path) -> bool:
     """A Common Voice split file has 'path' and 'sentence' columns (clip_durations.tsv, reported.tsv do not)."""
-    with open(tsv, encoding="utf-8") as handle:
-        header = handle.readline().rstrip("\n").split("\t")
+    first = next(read_lines(tsv), None)
+    header = first.text.split("\t") if first is not None and first.text else []
     return "path" in header and "sentence" in header
 
 
@@ -483,9 +576,14 @@ def _load_folder(path: Path, *, check_audio: bool, **_: Any) -> Loaded:
         uid = audio.relative_to(path).with_suffix("").as_posix()
         transcript = audio.with_suffix(".txt")
         if not transcript.is_file():
-            problems.append(BadRow(uid, f"no transcript {transcript.name}", str(audio.relative_to(path))))
+            where = str(audio.relative_to(path))
+            problems.append(BadRow(uid, f"no transcript {transcript.name}", where, "no_transcript"))
             continue
-        text = transcript.read_text(encoding="utf-8", errors="replace")
+        lines = list(read_lines(transcript))
+        if bad := next((line for line in lines if line.text is None), None):
+            problems.append(BadRow(uid, bad.problem, f"{transcript.name}:{bad.number}", "not_utf8"))
+            continue
+        text = "\n".join(line.text or "" for line in lines)
         utt = _make(uid, str(audio), text, transcript.name, check_audio, problems)
         if utt is not None:
             utterances.append(utt)
@@ -564,7 +662,7 @@ def _hf_source(
             try:
                 audio = _hf_audio(row[audio_col], row.get(rate_col) if rate_col else None)
             except AudioError as exc:
-                problems.append(BadRow(uid, str(exc), f"row {index}"))
+                problems.append(BadRow(uid, str(exc), f"row {index}", "unreadable_audio"))
                 continue
             utt = _make(
                 uid,

@@ -17,14 +17,14 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from whisper_zh.data import BadRow, DataSource, Utterance
+from whisper_zh.data import BadRow, DataSource, Utterance, count_kinds
 from whisper_zh.errors import AudioError, DataError, MetricError
 from whisper_zh.files import atomic_write_text
 from whisper_zh.metrics import (
@@ -40,6 +40,7 @@ from whisper_zh.normalize import TextNormalizer
 
 if TYPE_CHECKING:
     from whisper_zh.decoding import DecodeOptions
+    from whisper_zh.results import Transcription
     from whisper_zh.transcriber import Transcriber
 
 REPORT_VERSION = 1
@@ -87,26 +88,30 @@ def score_predictions(
     n_resamples: int = DEFAULT_RESAMPLES,
     confidence: float = 0.95,
     seed: int = 0,
+    dropped: Sequence[BadRow] = (),
 ) -> Scores:
     """Score predictions under each normaliser: CER, MER, WER (jieba) with bootstrap CIs, and SER.
 
     Predictions with an ``error`` or whose reference is empty after normalisation are not scored; they are
-    returned in ``Scores.skipped`` with the reason. Raises :class:`MetricError` when nothing is left to score.
+    returned in ``Scores.skipped`` with the reason. Raises :class:`MetricError` when nothing is left to score,
+    counting each reason on its own, ``dropped`` (rows the data loader could not use) included.
     """
     scorings = scorings or default_scorings()
     skipped: list[BadRow] = []
     scored: list[Prediction] = []
     for p in predictions:
         if p.error is not None or p.hypothesis is None:
-            skipped.append(BadRow(p.id, p.error or "no hypothesis", p.audio))
+            kind = "unreadable_audio" if p.error and p.error.startswith("unreadable audio") else "not_transcribed"
+            skipped.append(BadRow(p.id, p.error or "no hypothesis", p.audio, kind))
         elif not p.reference.strip():
-            skipped.append(BadRow(p.id, "empty reference text", p.audio))
+            skipped.append(BadRow(p.id, "empty reference text", p.audio, "empty_text"))
         elif empty := [name for name, norm in scorings.items() if not tokenize(norm(p.reference), "char")]:
-            skipped.append(BadRow(p.id, f"reference empty after normalisation ({', '.join(empty)})", p.audio))
+            reason = f"reference empty after normalisation ({', '.join(empty)})"
+            skipped.append(BadRow(p.id, reason, p.audio, "empty_after_normalisation"))
         else:
             scored.append(p)
     if not scored:
-        raise MetricError(f"no utterance could be scored ({len(skipped)} skipped)")
+        raise MetricError(no_usable_rows([*dropped, *skipped]))
     metrics: dict[str, dict[str, Any]] = {}
     alignments: dict[str, dict[str, list[Alignment]]] = {}
     normalized: dict[str, list[tuple[str, str]]] = {}
@@ -129,6 +134,22 @@ def score_predictions(
             "utterances": len(scored),
         }
     return Scores(scorings, metrics, scored, alignments, normalized, skipped)
+
+
+def no_usable_rows(bad: Sequence[BadRow]) -> str:
+    """The one-line message for data in which nothing can be scored: each reason counted, the first row named."""
+    if not bad:
+        return "no utterance could be scored: the data holds no rows"
+    first = bad[0]
+    where = f"{first.where}: " if first.where else ""
+    return (f"no utterance could be scored: all {len(bad)} row(s) are unusable ({count_kinds(list(bad))}); "
+            f"the first: {where}{first.reason}")
+
+
+def check_source(source: DataSource) -> None:
+    """Raise :class:`DataError` now, before a model is loaded, when an indexed source has no usable utterance."""
+    if not source.streamed and len(source) == 0:
+        raise DataError(f"{source.location}: {no_usable_rows(source.problems)}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,9 +197,9 @@ def evaluate(
     options = options or DecodeOptions()
     scorings = scorings or default_scorings()
     utterances: list[Utterance] = list(source)  # for streamed sources this also fills source.problems
+    if not utterances:
+        raise DataError(f"{source.location}: {no_usable_rows(source.problems)}")
     bar = _progress_bar(utterances, progress)
-    predictions: list[Prediction] = []
-    audio_seconds = 0.0
     started = time.perf_counter()
     results: dict[int, Any] = {}
     for index, result in transcriber.transcribe_iter(
@@ -190,6 +211,37 @@ def evaluate(
     wall = time.perf_counter() - started
     if bar is not None:
         bar.close()
+    return evaluation_from_results(
+        utterances,
+        results,
+        source,
+        options,
+        model=asdict(transcriber.info),  # the engine, storage and compute types that really ran
+        wall_seconds=wall,
+        scorings=scorings,
+        n_resamples=n_resamples,
+        seed=seed,
+        diagnostics=diagnostics,
+    )
+
+
+def evaluation_from_results(
+    utterances: Sequence[Utterance],
+    results: Mapping[int, Transcription | AudioError],
+    source: DataSource,
+    options: DecodeOptions,
+    *,
+    model: dict[str, Any],
+    wall_seconds: float,
+    scorings: dict[str, TextNormalizer] | None = None,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    diagnostics: str = "plain",
+) -> Evaluation:
+    """Score ``results`` (utterance index -> transcription or the AudioError of its input) into an evaluation:
+    what :func:`evaluate` does once it has transcribed, for transcriptions made elsewhere (e.g. on Ray)."""
+    predictions: list[Prediction] = []
+    audio_seconds = 0.0
     for index, utt in enumerate(utterances):
         result = results.get(index)
         audio = utt.audio if isinstance(utt.audio, str) else "<array>"
@@ -201,12 +253,11 @@ def evaluate(
         predictions.append(
             Prediction(utt.id, utt.text, result.text, audio, utt.duration or result.duration, utt.speaker)
         )
-    scores = score_predictions(predictions, scorings, n_resamples=n_resamples, seed=seed)
-    model = asdict(transcriber.info)  # the engine, storage and compute types that really ran
+    scores = score_predictions(predictions, scorings, n_resamples=n_resamples, seed=seed, dropped=source.problems)
     timing = {
-        "wall_seconds": round(wall, 3),
+        "wall_seconds": round(wall_seconds, 3),
         "audio_seconds": round(audio_seconds, 3),
-        "real_time_factor": round(wall / audio_seconds, 4) if audio_seconds else None,
+        "real_time_factor": round(wall_seconds / audio_seconds, 4) if audio_seconds else None,
     }
     return build_evaluation(
         scores,
@@ -317,7 +368,7 @@ def _prediction_rows(
             }
         scored_rows.append(row)
     if all_predictions is None:
-        return scored_rows + [{"id": b.id, "audio": b.where, "skipped": b.reason} for b in bad]
+        return scored_rows + [{"id": b.id, "audio": b.where, "skipped": b.reason, "kind": b.kind} for b in bad]
     # score_predictions keeps the predictions' order in both `scored` and `skipped`: merge them back in order.
     rows: list[dict[str, Any]] = []
     scored_ids = [id(p) for p in scores.scored]
@@ -328,18 +379,19 @@ def _prediction_rows(
             rows.append(scored_rows[position])
             position += 1
         else:
-            reason = next(skipped).reason
+            bad_row = next(skipped)
             rows.append(
                 {
                     "id": p.id,
                     "audio": p.audio,
                     "reference": p.reference,
                     "hypothesis": p.hypothesis,
-                    "skipped": reason,
+                    "skipped": bad_row.reason,
+                    "kind": bad_row.kind,
                 }
             )
     loader_problems = bad[: len(bad) - len(scores.skipped)]
-    rows.extend({"id": b.id, "audio": b.where, "skipped": b.reason} for b in loader_problems)
+    rows.extend({"id": b.id, "audio": b.where, "skipped": b.reason, "kind": b.kind} for b in loader_problems)
     return rows
 
 
@@ -396,7 +448,7 @@ def versions() -> dict[str, str]:
 
 
 def rescore(
-    report_path: str | Path,
+    path: str | Path,
     scorings: dict[str, TextNormalizer] | None = None,
     *,
     n_resamples: int = DEFAULT_RESAMPLES,
@@ -405,20 +457,23 @@ def rescore(
 ) -> Evaluation:
     """Score an earlier run's predictions again (new normalisation, seed or diagnostics) without transcribing.
 
-    Model, decoding options and timing are carried over from the old report; ``rescored`` records when.
+    ``path`` is the run's ``report.json``, its ``predictions.jsonl`` or the directory holding them. Model,
+    decoding options and timing are carried over from the old report when there is one; ``rescored`` records
+    when. Nothing is written here: :meth:`Evaluation.write` puts the result where the caller says.
     """
-    path = Path(report_path)
-    path = path / "report.json" if path.is_dir() else path
+    old, predictions_path = _rescore_sources(Path(path))
     try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-        lines = (path.parent / old.get("predictions_file", "predictions.jsonl")).read_text(encoding="utf-8")
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the report or its predictions ({exc})") from exc
+        lines = predictions_path.read_text(encoding="utf-8")
+        rows = [json.loads(line) for line in lines.splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{predictions_path}: cannot read the predictions ({exc})") from exc
     predictions: list[Prediction] = []
     problems: list[BadRow] = []
-    for row in (json.loads(line) for line in lines.splitlines() if line.strip()):
+    for row in rows:
         if "reference" not in row:  # a row the loader could not use: no reference, nothing to score
-            problems.append(BadRow(row["id"], row.get("skipped", "skipped"), row.get("audio", "")))
+            problems.append(
+                BadRow(row["id"], row.get("skipped", "skipped"), row.get("audio", ""), row.get("kind", "malformed_row"))
+            )
             continue
         error = row.get("skipped") if row.get("hypothesis") is None else None
         predictions.append(
@@ -433,8 +488,8 @@ def rescore(
             )
         )
     data = old.get("data", {})
-    source = DataSource(data.get("location", "?"), data.get("format", "?"), [], problems)
-    scores = score_predictions(predictions, scorings, n_resamples=n_resamples, seed=seed)
+    source = DataSource(data.get("location", str(predictions_path)), data.get("format", "?"), [], problems)
+    scores = score_predictions(predictions, scorings, n_resamples=n_resamples, seed=seed, dropped=problems)
     evaluation = build_evaluation(
         scores,
         source,
@@ -448,7 +503,34 @@ def rescore(
     )
     evaluation.report["created"] = old.get("created")
     evaluation.report["rescored"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    evaluation.report["rescored_from"] = str(predictions_path)
     return evaluation
+
+
+def _rescore_sources(path: Path) -> tuple[dict[str, Any], Path]:
+    """(the old report, or {} when there is none; the predictions file) for a report, predictions file or dir."""
+    if path.is_dir():
+        path = path / "report.json" if (path / "report.json").is_file() else path / "predictions.jsonl"
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (give a report.json, a predictions.jsonl or their directory)")
+    if path.suffix == ".jsonl":
+        report_path = path.parent / "report.json"
+        old = _read_json(report_path) if report_path.is_file() else {}
+        return old, path
+    old = _read_json(path)
+    if "metrics" not in old:
+        raise DataError(f"{path}: not a whisper-zh evaluation report (no 'metrics')")
+    return old, path.parent / old.get("predictions_file", "predictions.jsonl")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the report ({exc})") from exc
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: not a whisper-zh evaluation report")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------------------------

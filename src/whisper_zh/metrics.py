@@ -17,12 +17,10 @@ Corpus rates are micro-averaged: total errors over total reference tokens.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from typing import Any, Literal
 
 import jiwer
@@ -30,6 +28,7 @@ import numpy as np
 
 from whisper_zh.errors import MetricError
 from whisper_zh.normalize import CJK_RANGES, TextNormalizer
+from whisper_zh.wordseg import segment_words
 
 Unit = Literal["char", "mixed", "word"]
 Segmenter = Literal["jieba", "whitespace"]
@@ -45,21 +44,6 @@ _CJK_TOKEN = re.compile(f"[{CJK_RANGES}]")
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tokenisation
-
-
-@lru_cache(maxsize=1)
-def _jieba() -> Any:
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)  # silence "Building prefix dict..." on first use
-    tokenizer = jieba.Tokenizer()
-    tokenizer.initialize()
-    return tokenizer
-
-
-def segment_words(text: str) -> list[str]:
-    """Split ``text`` into words with jieba (Latin words and numbers stay whole; whitespace is dropped)."""
-    return [word for word in _jieba().lcut(text) if word.strip()]
 
 
 def tokenize(text: str, unit: Unit, segmenter: Segmenter = "jieba") -> list[str]:

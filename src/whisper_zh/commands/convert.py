@@ -32,7 +32,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from whisper_zh.convert import ct2_to_transformers_dir, transformers_to_ct2_dir
     from whisper_zh.models import resolve_model
 
     if args.out.exists() and not args.force:
@@ -40,20 +39,29 @@ def run(args: argparse.Namespace) -> int:
     if args.to == "transformers" and args.quantization:
         raise UsageError("--quantization applies to --to ctranslate2 only (Transformers weights are float32)")
     resolved = resolve_model(args.src)
-    if resolved.path.resolve() == args.out.resolve():
-        raise UsageError(f"{args.out}: output directory is the source model")
+    if args.out.resolve() in (resolved.path.resolve(), *resolved.path.resolve().parents):
+        raise UsageError(f"{args.out}: output directory is (or holds) the source model")
+    if args.to == "transformers" and resolved.layout == "transformers":
+        raise UsageError(f"{args.src}: already a Transformers model")
     start = time.perf_counter()
-    if args.to == "transformers":
-        if resolved.layout == "transformers":
-            raise UsageError(f"{args.src}: already a Transformers model")
-        ct2_to_transformers_dir(resolved.path, args.out)
-    elif resolved.layout == "transformers":
-        transformers_to_ct2_dir(resolved.path, args.out, args.quantization or "float16")
-    else:  # CTranslate2 -> CTranslate2: re-quantize through a temporary Transformers copy
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".convert-", dir=args.out.parent) as tmp:
-            hf_dir = ct2_to_transformers_dir(resolved.path, Path(tmp) / "hf")
-            transformers_to_ct2_dir(hf_dir, args.out, args.quantization or "float16")
+    try:
+        _convert(resolved.path, resolved.layout, args)
+    except OSError as exc:  # an unwritable or full output folder: nothing was published
+        raise UsageError(f"{args.out}: cannot write the converted model ({exc.strerror or exc})") from exc
     quant = f", {args.quantization or 'float16'}" if args.to == "ctranslate2" else ""
     print(f"{args.src} ({resolved.layout}) -> {args.out} ({args.to}{quant}) in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _convert(src: Path, layout: str, args: argparse.Namespace) -> None:
+    from whisper_zh.convert import ct2_to_transformers_dir, transformers_to_ct2_dir
+
+    if args.to == "transformers":
+        ct2_to_transformers_dir(src, args.out)
+    elif layout == "transformers":
+        transformers_to_ct2_dir(src, args.out, args.quantization or "float16")
+    else:  # CTranslate2 -> CTranslate2: re-quantize through a temporary Transformers copy
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".convert-", dir=args.out.parent) as tmp:
+            hf_dir = ct2_to_transformers_dir(src, Path(tmp) / "hf")
+            transformers_to_ct2_dir(hf_dir, args.out, args.quantization or "float16")

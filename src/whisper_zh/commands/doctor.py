@@ -10,8 +10,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "doctor",
         help="check training data and the environment before fine-tuning",
-        description="Report bad audio, bad transcripts, duplicates, train/eval overlap, speaking-rate outliers, "
-        "untested library versions and memory shortfalls. Exit status 1 when there are errors.",
+        description="Report unusable rows, bad or silent audio, bad transcripts (empty, too long, untokenizable, "
+        "Traditional characters, no Chinese characters, Japanese kana), duplicates, train/eval overlap, "
+        "speaking-rate outliers against the data's own distribution, untested library versions and memory "
+        "shortfalls, each reason counted on its own. Exit status 1 when there are errors.",
     )
     p.add_argument("--train", help="training data source")
     p.add_argument("--eval", help="evaluation data source")
@@ -23,8 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from whisper_zh.doctor import print_report, run_checks
     from whisper_zh.training.config import build_config
+    from whisper_zh.training.doctor import print_report, run_checks
 
     config = build_config(recipe=args.recipe, config_file=args.config,
                           overrides={"train": args.train, "eval": args.eval, "model": args.model})

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from whisper_zh.commands.common import add_model_arguments, decode_options, ensure_writable, load_transcriber
+from whisper_zh.commands.ray_jobs import add_ray_arguments, evaluate_with_ray
 from whisper_zh.data import FORMATS
 from whisper_zh.errors import UsageError
 from whisper_zh.metrics import DEFAULT_RESAMPLES
@@ -31,8 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two report.json files (B minus A)")
     p.add_argument(
         "--rescore",
-        metavar="REPORT",
-        help="score an earlier run's predictions.jsonl again (new normalisation) without transcribing",
+        metavar="RUN",
+        help="score an earlier run again without transcribing (new normalisation, seed or diagnostics): its "
+        "report.json, predictions.jsonl or directory; writes to --output-dir, by default RUN's folder/rescored",
     )
     p.add_argument(
         "--format", dest="data_format", choices=FORMATS, help="force the data format (default: detect)"
@@ -42,7 +44,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="evaluate only the first N utterances")
     for column in ("audio", "text", "id", "speaker"):
         p.add_argument(f"--{column}-column", help=f"name of the {column} column (manifests, HF datasets)")
-    p.add_argument("--output-dir", help="where the report goes (default: out/eval/<model>-<data>)")
+    p.add_argument(
+        "--output-dir",
+        help="where the report goes (default: out/eval/<model>-<data>; with --rescore, <run>/rescored)",
+    )
     add_model_arguments(p)
     norm = p.add_argument_group("scoring normalisation (applied to reference and hypothesis alike)")
     norm.add_argument(
@@ -66,14 +71,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="scoring used for the worst-utterance diffs and confusion pairs (default: plain)",
     )
     p.add_argument(
-        "--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (default: 1000)"
+        "--resamples", type=int, default=DEFAULT_RESAMPLES,
+        help="bootstrap resamples (default: 1000; 0: no confidence intervals)",
     )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_ray_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    _check_numbers(args)
     if args.compare:
         return _compare(args)
     if args.rescore:
@@ -81,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.data:
         raise UsageError("give --data (a dataset to evaluate) or --compare A B")
     from whisper_zh.data import load_source
-    from whisper_zh.evaluation import evaluate
+    from whisper_zh.evaluation import check_source, evaluate
 
     options = decode_options(args)
     scorings = _scorings(args)
@@ -96,10 +104,13 @@ def run(args: argparse.Namespace) -> int:
         id_column=args.id_column,
         speaker_column=args.speaker_column,
     )
+    check_source(source)  # every row unusable: say so now, before the model loads
     output_dir = Path(args.output_dir or _default_output_dir(args.model, args.data))
     ensure_writable(output_dir)  # fail now, not after an hour of transcription
+    if args.ray is not None:  # many machines: transcribe on Ray, score the same way (whisper_zh.commands.ray_jobs)
+        return evaluate_with_ray(args, source, options, scorings, output_dir, _print_summary)
     started = time.perf_counter()
-    transcriber = load_transcriber(args)
+    transcriber = load_transcriber(args, options)
     load_seconds = time.perf_counter() - started
     result = evaluate(
         transcriber,
@@ -120,6 +131,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: give a number of utterances of at least 1")
+    if args.resamples < (1 if args.compare else 0):
+        least = "1 (a paired bootstrap needs resamples)" if args.compare else "0 (0: no confidence intervals)"
+        raise UsageError(f"--resamples {args.resamples}: give at least {least}")
+
+
 def _scorings(args: argparse.Namespace) -> dict:
     from whisper_zh.evaluation import default_scorings
 
@@ -135,6 +154,7 @@ def _scorings(args: argparse.Namespace) -> dict:
 
 
 def _print_summary(report: dict, paths: dict) -> None:
+    from whisper_zh.data import BadRow, count_kinds
     from whisper_zh.evaluation import metrics_table, summary_line
 
     print(metrics_table(report))
@@ -142,11 +162,14 @@ def _print_summary(report: dict, paths: dict) -> None:
     print(summary_line(report))
     data = report["data"]
     if data["skipped"]:
+        kinds = count_kinds([BadRow(b["id"], b["reason"], b["where"], b.get("kind", "")) for b in report["bad_rows"]])
         print(
-            f"{data['skipped']} of {data['utterances']} rows skipped (listed in report.md):", file=sys.stderr
+            f"{data['skipped']} of {data['utterances']} rows skipped ({kinds}; listed in report.md):",
+            file=sys.stderr,
         )
         for bad in report["bad_rows"][:10]:
-            print(f"  {bad['id']}: {bad['reason']}", file=sys.stderr)
+            label = bad["where"] if bad["id"].startswith("line ") and bad["where"] else bad["id"]
+            print(f"  {label}: {bad['reason']}", file=sys.stderr)
         if len(report["bad_rows"]) > 10:
             print(f"  ... and {len(report['bad_rows']) - 10} more", file=sys.stderr)
     print(f"wrote {paths['report']}, {paths['markdown']}, {paths['predictions']}")
@@ -163,7 +186,13 @@ def _rescore(args: argparse.Namespace) -> int:
         diagnostics=args.diagnostics,
     )
     source = Path(args.rescore)
-    paths = result.write(args.output_dir or (source if source.is_dir() else source.parent))
+    run_dir = source if source.is_dir() else source.parent
+    output_dir = Path(args.output_dir) if args.output_dir else run_dir / "rescored"  # the original stays as it is
+    ensure_writable(output_dir)
+    try:
+        paths = result.write(output_dir)
+    except OSError as exc:
+        raise UsageError(f"{output_dir}: cannot write the report ({exc.strerror or exc})") from exc
     _print_summary(result.report, paths)
     return 0
 

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if not config.train or not config.eval:
         raise UsageError("--train and --eval are required (or set them in --config)")
     if not config.skip_doctor and _rank() == 0:
-        from whisper_zh.doctor import print_report, run_checks
+        from whisper_zh.training.doctor import print_report, run_checks
 
         report = run_checks(train=config.train, eval=config.eval, model=config.model, config=config)
         print_report(report, file=sys.stderr)

@@ -8,6 +8,9 @@ import signal
 import sys
 
 from whisper_zh.commands.common import add_model_arguments, decode_options
+from whisper_zh.server.config import ServerConfig
+
+DEFAULTS = ServerConfig()
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,31 +30,46 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=os.environ.get("WHISPER_ZH_API_KEY") or None,
         help="require 'Authorization: Bearer KEY' on /v1 (default: $WHISPER_ZH_API_KEY; unset: no key)",
     )
-    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default: 25)")
     p.add_argument(
-        "--max-audio-minutes", type=float, default=30.0, help="longest audio accepted (default: 30)"
+        "--cors-origin", action="append", default=[], metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. https://app.example.com) call /v1 from a browser; repeatable "
+        "(default: none, only this server's own page)",
     )
-    p.add_argument(
-        "--max-queue", type=int, default=16, help="requests admitted at once; more get 429 (default: 16)"
-    )
-    p.add_argument(
-        "--max-batch", type=int, default=8, help="queued requests decoded in one batch (default: 8)"
-    )
-    p.add_argument(
-        "--batch-window-ms", type=float, default=50.0, help="wait this long to gather a batch (default: 50)"
-    )
-    p.add_argument(
-        "--shutdown-timeout", type=float, default=120.0,
-        help="on SIGTERM/Ctrl-C, seconds to let requests in flight finish (default: 120)",
-    )
+    _add_limit_arguments(p)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    import uvicorn
+def _add_limit_arguments(p: argparse.ArgumentParser) -> None:
+    d = DEFAULTS
+    p.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20,
+                   help="largest upload accepted (default: %(default)g)")
+    p.add_argument("--max-audio-minutes", type=float, default=d.max_audio_seconds / 60,
+                   help="longest audio accepted; bounds the samples a request holds (default: %(default)g)")
+    p.add_argument("--max-uploads", type=int, default=d.max_uploading,
+                   help="uploads read at once; more get 429 (default: %(default)s)")
+    p.add_argument("--upload-timeout", type=float, default=d.upload_timeout_s,
+                   help="seconds an upload may take in all; slower gets 408 (default: %(default)g)")
+    p.add_argument("--min-upload-kbps", type=float, default=d.min_upload_bytes_per_s / 1024,
+                   help=f"slowest average upload rate in kB/s after the first {d.upload_grace_s:g} s; slower gets "
+                   "408 (default: %(default)g)")
+    p.add_argument("--max-queue", type=int, default=d.max_pending,
+                   help="uploaded requests waiting for or in the model; more get 429 (default: %(default)s)")
+    p.add_argument("--max-batch", type=int, default=d.max_batch,
+                   help="queued requests decoded in one batch (default: %(default)s)")
+    p.add_argument("--batch-window-ms", type=float, default=d.batch_window_s * 1000,
+                   help="wait this long to gather a batch (default: %(default)g)")
+    p.add_argument("--max-connections", type=int, default=d.max_connections,
+                   help="open connections before new requests get 503 (default: %(default)s)")
+    p.add_argument("--header-timeout", type=float, default=d.header_timeout_s,
+                   help="seconds a connection has to send a request's headers (default: %(default)g)")
+    p.add_argument("--shutdown-timeout", type=float, default=d.shutdown_timeout_s,
+                   help="on SIGTERM/Ctrl-C, seconds to let requests in flight finish (default: %(default)g)")
 
-    from whisper_zh.server import ServerConfig, create_app
+
+def run(args: argparse.Namespace) -> int:
+    from whisper_zh.server import create_app
+    from whisper_zh.server.runner import serve
 
     config = ServerConfig(
         model=args.model,
@@ -61,34 +79,32 @@ def run(args: argparse.Namespace) -> int:
         cpu_threads=args.threads,
         decode=decode_options(args, pack=False),  # see ServerConfig.decode
         api_key=args.api_key,
-        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        cors_origins=tuple(args.cors_origin),
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_audio_seconds=args.max_audio_minutes * 60,
+        max_uploading=args.max_uploads,
+        upload_timeout_s=args.upload_timeout,
+        min_upload_bytes_per_s=int(args.min_upload_kbps * 1024),
         max_pending=args.max_queue,
         max_batch=args.max_batch,
         batch_window_s=args.batch_window_ms / 1000,
+        max_connections=args.max_connections,
+        header_timeout_s=args.header_timeout,
         shutdown_timeout_s=args.shutdown_timeout,
     )
     app = create_app(config)
     print(
-        f"whisper-zh: serving '{args.model}' at http://{args.host}:{args.port}/ "
+        f"whisper-zh: serving '{args.model}' ({app.state.server.model.engine}) at http://{args.host}:{args.port}/ "
         f"(API: http://{args.host}:{args.port}/v1, key {'required' if args.api_key else 'not required'})",
         file=sys.stderr,
         flush=True,
     )
-    # uvicorn stops accepting on SIGTERM/SIGINT and waits for requests in flight (up to the timeout);
-    # the app's lifespan then finishes anything still queued. uvicorn re-raises the signal once it has
-    # shut down; this handler turns that SIGTERM into a clean exit status 0.
+    # uvicorn re-raises SIGTERM once it has shut down; this handler turns that into a clean exit status 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=args.shutdown_timeout,
-        limit_concurrency=max(256, args.max_queue * 8),
-    )
+    serve(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
 def _exit_cleanly(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
+

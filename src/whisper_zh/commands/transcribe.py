@@ -1,4 +1,9 @@
-"""`whisper-zh transcribe`: files, directories or manifests in; one output file per input, text on stdout."""
+"""`whisper-zh transcribe`: files, directories or manifests in; one output file per input, text on stdout.
+
+Output files mirror the inputs under ``--output-dir`` with names that are distinct by construction (see
+:mod:`whisper_zh.inputs`); an input that is refused (not a regular file, an unreadable manifest row) or fails to
+decode gets one line on stderr, the others are still transcribed, and the exit status is 1.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,14 @@ from tqdm import tqdm
 
 from whisper_zh.audio import audio_duration
 from whisper_zh.commands.common import add_model_arguments, decode_options, ensure_writable, load_transcriber
+from whisper_zh.commands.ray_jobs import RAY_FORMATS, add_ray_arguments, transcribe_with_ray
 from whisper_zh.errors import AudioError, UsageError
 from whisper_zh.files import atomic_write_text
 from whisper_zh.inputs import expand_inputs
-from whisper_zh.writers import FORMATS, format_transcription
+from whisper_zh.subtitles import CueOptions
+from whisper_zh.writers import CUE_FORMATS, FORMATS, format_transcription
+
+CUE_DEFAULTS = CueOptions()
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,25 +32,57 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "inputs", nargs="+", help="audio/video files, directories, or JSONL manifests with 'audio'"
     )
     add_model_arguments(p)
-    p.add_argument("--format", choices=FORMATS, default="txt", help="output file format (default: txt)")
-    p.add_argument("--output-dir", default=None, help="write one file per input here (default: stdout only)")
-    p.add_argument("--word-timestamps", action="store_true", help="character/word timestamps (json, tsv)")
+    p.add_argument("--format", choices=FORMATS + RAY_FORMATS, default="txt",
+                   help="output file format (default: txt); with --ray also jsonl (shards only) or manifest "
+                   "(pseudo-labels for finetune)")
+    p.add_argument(
+        "--output-dir", default=None,
+        help="write one file per input here, mirroring the inputs' folders where names would clash "
+        "(default: stdout only)",
+    )
+    p.add_argument(
+        "--word-timestamps", action="store_true", help="character/word timestamps (in the json format only)"
+    )
+    cues = p.add_argument_group("subtitle cues (srt, vtt)")
+    cues.add_argument("--max-line-chars", type=int, default=CUE_DEFAULTS.max_line_chars,
+                      help=f"characters per line (default: {CUE_DEFAULTS.max_line_chars})")
+    cues.add_argument("--max-lines", type=int, default=CUE_DEFAULTS.max_lines,
+                      help=f"lines per cue (default: {CUE_DEFAULTS.max_lines})")
+    cues.add_argument("--max-cue-seconds", type=float, default=CUE_DEFAULTS.max_cue_seconds,
+                      help=f"longest time a cue stays on screen (default: {CUE_DEFAULTS.max_cue_seconds:g})")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument(
+        "--allow-truncated", action="store_true",
+        help="transcribe the part of a file cut short that decodes (with a warning) instead of failing on it",
+    )
+    add_ray_arguments(p, manifest=True)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    sources = expand_inputs(args.inputs)
-    options = decode_options(args, word_timestamps=args.word_timestamps)
-    if not sources:
+    inputs = expand_inputs(args.inputs)
+    # Subtitle cues are cut at word times: srt and vtt ask for them.
+    options = decode_options(args, word_timestamps=args.word_timestamps or args.format in CUE_FORMATS)
+    cues = _cue_options(args)
+    for rejected in inputs.rejected:
+        print(f"error: {rejected}", file=sys.stderr)
+    for path in inputs.repeated:
+        print(f"note: {path} is given more than once; transcribed once", file=sys.stderr)
+    if not inputs.files:
+        if inputs.rejected:
+            return 1
         raise UsageError("no audio files found in the given inputs")
+    sources = inputs.paths
+    if args.ray is not None:  # many machines: the job runs on Ray (whisper_zh.commands.ray_jobs)
+        return transcribe_with_ray(args, sources, [f.output for f in inputs.files], options)
+    if args.format in RAY_FORMATS:
+        raise UsageError(f"--format {args.format} needs --ray (it is the format of a Ray job's results)")
     output_dir = Path(args.output_dir) if args.output_dir else None
     if output_dir is not None:
         ensure_writable(output_dir)
-    transcriber = load_transcriber(args)
+    transcriber = load_transcriber(args, options)
 
     total_seconds = sum(_safe_duration(s) for s in sources)
-    names = _output_names(sources)
     bar = tqdm(
         total=round(total_seconds, 1),
         unit="s",
@@ -52,11 +93,12 @@ def run(args: argparse.Namespace) -> int:
         dynamic_ncols=True,
     )
     started = time.perf_counter()
-    failures = done = 0
+    failures, done = len(inputs.rejected), 0
+    written = _Outputs()
     audio_seconds = 0.0
     multiple = len(sources) > 1
     for index, result in transcriber.transcribe_iter(
-        sources, options, on_progress=lambda s: bar.update(round(s, 1))
+        sources, options, on_progress=lambda s: bar.update(round(s, 1)), allow_truncated=args.allow_truncated
     ):
         source = sources[index]
         done += 1
@@ -69,22 +111,31 @@ def run(args: argparse.Namespace) -> int:
         tqdm.write(f"[{source}] {result.text}" if multiple else result.text, file=sys.stdout)
         if output_dir is not None:
             try:
-                atomic_write_text(
-                    output_dir / f"{names[index]}.{args.format}", format_transcription(result, args.format)
-                )
-            except OSError as exc:
+                written.write(source, output_dir / f"{inputs.files[index].output}.{args.format}",
+                              format_transcription(result, args.format, cues))
+            except (OSError, UsageError) as exc:
                 failures += 1
-                tqdm.write(f"error: {source}: cannot write output ({exc.strerror or exc})", file=sys.stderr)
+                reason = exc.strerror or exc if isinstance(exc, OSError) else exc
+                tqdm.write(f"error: {source}: cannot write output ({reason})", file=sys.stderr)
     bar.close()
     wall = time.perf_counter() - started
     if not args.quiet:
         rtf = wall / audio_seconds if audio_seconds else float("nan")
+        total = len(sources) + len(inputs.rejected)
         print(
-            f"{len(sources) - failures}/{len(sources)} files, {audio_seconds / 60:.2f} min of audio, "
+            f"{total - failures}/{total} files, {audio_seconds / 60:.2f} min of audio, "
             f"{wall:.1f} s wall, real-time factor {rtf:.3f}" + (f", {failures} failed" if failures else ""),
             file=sys.stderr,
         )
     return 1 if failures else 0
+
+
+def _cue_options(args: argparse.Namespace) -> CueOptions:
+    try:
+        return CueOptions(max_line_chars=args.max_line_chars, max_lines=args.max_lines,
+                          max_cue_seconds=args.max_cue_seconds)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _safe_duration(source: str) -> float:
@@ -94,13 +145,21 @@ def _safe_duration(source: str) -> float:
         return 0.0
 
 
-def _output_names(sources: list[str]) -> list[str]:
-    """Output file stems: the input's stem, made unique with a numeric suffix where two inputs share it."""
-    seen: dict[str, int] = {}
-    names = []
-    for source in sources:
-        stem = Path(source).stem or "audio"
-        count = seen.get(stem, 0)
-        seen[stem] = count + 1
-        names.append(stem if count == 0 else f"{stem}-{count}")
-    return names
+class _Outputs:
+    """Writes output files, and refuses to replace one it wrote earlier in this run (two names that are equal
+    on a case-insensitive file system, say): a collision never overwrites a transcript."""
+
+    def __init__(self) -> None:
+        self._written: dict[tuple[int, int], str] = {}
+
+    def write(self, source: str, path: Path, text: str) -> None:
+        try:
+            existing = path.stat()
+        except FileNotFoundError:
+            existing = None
+        if existing is not None and (existing.st_dev, existing.st_ino) in self._written:
+            other = self._written[(existing.st_dev, existing.st_ino)]
+            raise UsageError(f"{path} already holds the transcript of {other}; not overwritten")
+        atomic_write_text(path, text)
+        done = path.stat()
+        self._written[(done.st_dev, done.st_ino)] = source

@@ -2,21 +2,20 @@
 
 A checkpoint directory ``checkpoints/step-000120`` counts only when it holds ``COMPLETE``, a JSON manifest of
 every file with its size, written last. A kill -9 at any moment leaves either no directory under that name
-(the temporary one starts with '.tmp-') or a complete one; ``latest_complete`` also checks the manifest's sizes,
-so a torn copy made by other means is skipped, never resumed from.
+(the staging one, built by :func:`whisper_zh.files.atomic_dir`, starts with '.tmp-') or a complete one;
+``latest_complete`` also checks the manifest's sizes, so a torn copy made by other means is skipped, never
+resumed from.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from whisper_zh.files import atomic_write_text, fsync_dir
+from whisper_zh.files import atomic_dir, atomic_write_text, leftovers
 
 MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -27,31 +26,14 @@ def checkpoint_dir(root: Path, step: int) -> Path:
 
 
 def write_checkpoint(root: Path, step: int, writer: Callable[[Path], None], *, meta: dict | None = None) -> Path:
-    """Create ``root/step-NNNNNN`` atomically: ``writer(tmp_dir)`` fills it, then fsync, rename, marker.
+    """Create ``root/step-NNNNNN`` atomically: ``writer(staging_dir)`` fills it, then fsync, rename, marker.
 
     An existing checkpoint of the same step is replaced (after the new one is complete on disk).
     """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir(root, step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:06d}-", dir=root))
-    try:
-        writer(tmp)
-        files = {}
-        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-            files[str(path.relative_to(tmp))] = path.stat().st_size
-        fsync_dir(tmp)
-        if final.exists():  # same step saved again (e.g. after resume): move the old one out of the way first
-            trash = root / f".trash-{final.name}-{os.getpid()}"
-            os.replace(final, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        os.replace(tmp, final)
-        fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_dir(final) as staging:  # an existing checkpoint of this step is replaced only once this one is whole
+        writer(staging)
+        files = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
     # The marker goes last: only now does the checkpoint count as complete.
     atomic_write_text(final / MARKER, json.dumps({"step": step, "files": files, **(meta or {})}, indent=1))
     return final
@@ -108,8 +90,6 @@ def prune(root: Path, keep_last: int, protect: tuple[Path, ...] = ()) -> list[Pa
             (path / MARKER).unlink(missing_ok=True)
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
-    if root.is_dir():
-        for child in root.iterdir():
-            if child.name.startswith((".tmp-step-", ".trash-")):
-                shutil.rmtree(child, ignore_errors=True)
+    for child in leftovers(root):  # staging directories of saves that were killed
+        shutil.rmtree(child, ignore_errors=True)
     return removed

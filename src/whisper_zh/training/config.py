@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -17,10 +18,21 @@ from whisper_zh.decoding import DEFAULT_ZH_PROMPT
 from whisper_zh.errors import WhisperZhError
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(WhisperZhError):
     """A recipe, config file or override that cannot be applied."""
+
+
+# Settings that earlier versions accepted but never read: a config file saved by one of them still loads, with a
+# warning, instead of failing on an unknown key.
+REMOVED_SETTINGS = {
+    "optimizer": "AdamW is the only optimizer",
+    "min_duration": "clips are not filtered by duration; `whisper-zh doctor` reports those under 0.3 s or over 30 s",
+    "max_duration": "clips are not filtered by duration; `whisper-zh doctor` reports those under 0.3 s or over 30 s",
+    "dataloader_workers": "features are computed in the training process",
+}
 
 
 @dataclass
@@ -56,11 +68,11 @@ class FinetuneConfig:
     language: str = "zh"
     task: str = "transcribe"
     script: Literal["simplified", "traditional", "as-is"] = "simplified"
-    # optimisation (reference recipe: AdamW, lr 1e-5, 2 x 16 = 32 samples per device and step, linear warmup)
+    # optimisation (reference recipe: AdamW, the only optimizer, lr 1e-5, 2 x 16 = 32 samples per device and step,
+    # linear warmup)
     learning_rate: float = 1e-5
     per_device_train_batch_size: int = 2
     gradient_accumulation_steps: int = 16
-    optimizer: Literal["adamw"] = "adamw"
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
@@ -103,9 +115,6 @@ class FinetuneConfig:
     speed_perturbation: list[float] = field(default_factory=list)
     noise_probability: float = 0.0
     noise_snr_db: list[float] = field(default_factory=lambda: [10.0, 30.0])
-    min_duration: float = 0.3
-    max_duration: float = 30.0
-    dataloader_workers: int = 0
     # model surgery
     spec_augment: bool = False
     freeze_encoder: bool = False  # train the decoder only (adapts the language model, not the acoustics)
@@ -223,6 +232,9 @@ def apply_overrides(config: FinetuneConfig, values: dict[str, Any], *, source: s
         else:
             flat[key.replace("-", "_")] = value
     for key, value in flat.items():
+        if key in REMOVED_SETTINGS:
+            logger.warning("%s: setting '%s' is ignored: %s", source, key, REMOVED_SETTINGS[key])
+            continue
         target: Any = config
         name = key
         if "." in key:
@@ -298,6 +310,6 @@ def save_config(config: FinetuneConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (the file `--config` reads back to reproduce the run)."""
     import yaml
 
-    from whisper_zh.training.checkpoints import atomic_write_text
+    from whisper_zh.files import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))

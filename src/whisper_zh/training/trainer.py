@@ -15,11 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -582,13 +579,10 @@ class _LogWindow:
 
 # ---------------------------------------------------------------------------------------------- export
 
-MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-               "preprocessor_config.json", "processor_config.json", "special_tokens_map.json")
-
-
 def export_best(config: FinetuneConfig, result: FinetuneResult, ckpt_root: Path, *, command: str | None) -> Path:
     """Write the best checkpoint's model into output_dir in Transformers layout (LoRA merged), plus the card,
     curves and, with ``export_ct2``, a CTranslate2 copy in ``output_dir/ctranslate2-<quantization>``."""
+    from whisper_zh.files import atomic_dir
     from whisper_zh.hf import save_processor
     from whisper_zh.training.modelcard import plot_curves, write_model_card
 
@@ -604,16 +598,10 @@ def export_best(config: FinetuneConfig, result: FinetuneResult, ckpt_root: Path,
     if config.lora.enabled:
         model = model.merge_and_unload()
     model.config.apply_spec_augment = False
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
-    try:
+    # Each file replaced by one rename, the weights last; the run's logs and checkpoints beside them stay.
+    with atomic_dir(out_dir, merge=True, last=("model.safetensors",)) as staging:
         model.save_pretrained(str(staging))
         save_processor(processor, staging)
-        for item in staging.iterdir():  # each file replaced atomically; the weights last
-            if item.name != "model.safetensors":
-                os.replace(item, out_dir / item.name)
-        os.replace(staging / "model.safetensors", out_dir / "model.safetensors")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     plot_curves(out_dir / TRAIN_LOG, out_dir / "curves.png")
     if config.export_ct2:
         from whisper_zh.convert import transformers_to_ct2_dir

@@ -1,10 +1,13 @@
 """The server's bounded, batching queue in front of the one shared model.
 
-HTTP handlers take a slot (admission control: at most ``max_pending`` requests are admitted at once, the
-rest get 429), decode their upload, and submit the audio. One worker thread drains the queue: it takes
+HTTP handlers whose upload has been read take a slot (admission control: at most ``max_pending`` requests wait
+for or are in the model at once, the rest get 429), decode their upload, and submit the audio. One worker thread drains the queue: it takes
 every job waiting (up to ``max_batch``, after a short gathering window), groups the jobs whose decoding
 options are identical, and hands each group to ``transcribe_batch`` in one call, so requests from several
-clients share one batched decode. Memory is bounded by ``max_pending`` x the largest admitted upload.
+clients share one batched decode. Memory is bounded by ``max_pending`` x the largest admitted audio.
+
+``Retry-After`` for a full queue is the time until the batch in the model should finish (a slot frees then),
+from the measured cost of decoding one second of audio.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+# Wall seconds to decode one second of audio, assumed until the first batch is measured (the base model, int8,
+# on two CPU cores, batched: about 0.1-0.3).
+PRIOR_SECONDS_PER_AUDIO_SECOND = 0.3
 
 # batch_fn(audio arrays, options, on_progress) -> one result (or exception) per input, in order;
 # on_progress(seconds) is called as audio seconds of the batch are decoded (or is None).
@@ -122,7 +129,10 @@ class BatchingQueue:
         self._admitted = 0
         self._closed = False
         self._busy = 0  # jobs inside the current batch call
-        self._seconds_per_batch = 1.0  # running estimate of one batch call, for Retry-After
+        self._batch_started = 0.0
+        self._batch_audio = 0.0  # audio seconds of the batch in the model now
+        self._cost: float | None = None  # running estimate of wall seconds per audio second (None: not measured)
+        self._last_batch_seconds = 1.0
         self._worker: threading.Thread | None = None
 
     # -- state -------------------------------------------------------------------------------------
@@ -139,6 +149,19 @@ class BatchingQueue:
     @property
     def busy(self) -> int:
         return self._busy
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def refusal(self) -> QueueFullError | QueueClosedError | None:
+        """What :meth:`acquire` would raise now (the guard asks before an upload is read), without admitting."""
+        with self._lock:
+            if self._closed:
+                return QueueClosedError("server is shutting down")
+            if self._admitted >= self.max_pending:
+                return QueueFullError(self._retry_after())
+        return None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -173,8 +196,13 @@ class BatchingQueue:
         return Slot(self)
 
     def _retry_after(self) -> int:
-        waves = math.ceil(max(self._admitted, 1) / self.max_batch)
-        return max(1, math.ceil(waves * self._seconds_per_batch))
+        """Seconds until a slot should free: the rest of the batch in the model, else one typical batch."""
+        if self._busy:
+            expected = self._batch_audio * (self._cost or PRIOR_SECONDS_PER_AUDIO_SECOND)
+            remaining = expected - (time.monotonic() - self._batch_started)
+        else:
+            remaining = self._last_batch_seconds
+        return max(1, math.ceil(remaining))
 
     def _release_slot(self) -> None:
         with self._lock:
@@ -221,7 +249,9 @@ class BatchingQueue:
                 self._decode(group)
 
     def _decode(self, group: list[_Job]) -> None:
-        self._busy = len(group)
+        audio_seconds = sum(job.seconds for job in group)
+        with self._lock:
+            self._batch_started, self._batch_audio, self._busy = time.monotonic(), audio_seconds, len(group)
         started = time.perf_counter()
         try:
             results = self._batch_fn([job.audio for job in group], group[0].options, _progress_for(group))
@@ -231,8 +261,12 @@ class BatchingQueue:
             logger.exception("batch decode failed")
             results = [exc] * len(group)
         elapsed = time.perf_counter() - started
-        self._busy = 0
-        self._seconds_per_batch = 0.7 * self._seconds_per_batch + 0.3 * elapsed
+        with self._lock:
+            self._busy = 0
+            self._last_batch_seconds = elapsed
+            if audio_seconds > 0:
+                cost = elapsed / audio_seconds
+                self._cost = cost if self._cost is None else 0.5 * self._cost + 0.5 * cost
         for job, result in zip(group, results, strict=True):
             job.audio = None  # free the samples now, not when the client reads its answer
             if isinstance(result, BaseException):

@@ -1,18 +1,23 @@
 """`whisper-zh doctor`: check training data and the environment before fine-tuning, in plain words.
 
 Each finding has a level (error: training would fail or learn garbage; warning: probably wrong; info), a count
-and example ids. ``finetune`` runs these checks first and refuses to start on errors.
+and example ids, and names one reason: two kinds of problem are never counted under one heading. ``finetune``
+runs these checks first and refuses to start on errors.
 
-Data: unusable rows, audio that does not decode, clips outside 0.3-30 s, empty or over-long (448-token)
-transcripts, characters the tokenizer cannot round-trip, Traditional characters in zh-CN targets, duplicate audio
-or text, train/eval overlap, speaking-rate outliers. Environment: library versions against the tested set, known
-bugs with their workaround, and free memory against the estimated need of the chosen model and batch.
+Data: unusable rows (per reason), audio that does not decode (per decoder message), silent audio, clips outside
+0.3-30 s, empty or over-long (448-token) transcripts, characters the tokenizer cannot round-trip, Traditional
+characters in zh-CN targets, transcripts in the wrong language (no Chinese characters, Japanese kana), duplicate
+audio or text, train/eval overlap, and speaking-rate outliers judged against the data's own distribution.
+Environment: library versions against the tested set, known bugs with their workaround, and free memory
+against the estimated need of the chosen model and batch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import statistics
 import sys
 import unicodedata
@@ -22,11 +27,23 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
+from whisper_zh.audio import describe_source, load_audio
+from whisper_zh.data import BAD_ROW_KINDS, BadRow
 from whisper_zh.errors import AudioError, WhisperZhError
 
 MIN_SECONDS, MAX_SECONDS = 0.3, 30.0
 MAX_TARGET_TOKENS = 448
 EXAMPLES = 5
+# Speaking rate (characters per second): judged in log space against the split's own quartiles, flagged beyond
+# RATE_FENCE interquartile ranges, the range taken as at least +-30 % (one speaker reading news varies that much;
+# a transcript paired with the wrong audio is typically off by a factor of two or more). Needs RATE_MIN_CLIPS
+# clips; above MAX_RATE characters/s nobody speaks, whatever the data.
+RATE_FENCE, RATE_MIN_SPREAD, RATE_MIN_CLIPS, MAX_RATE = 3.0, math.log(1.3), 10, 15.0
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+# Hiragana, katakana (but not U+30FB, the middle dot Chinese uses in foreign names), phonetic extensions, half-width.
+_KANA = re.compile(r"[\u3041-\u309f\u30a0-\u30fa\u30fc-\u30ff\u31f0-\u31ff\uff66-\uff9d]")
 # Tested together on this project's CI machines (shared/docs/stack-notes.md).
 TESTED = {"torch": "2.13.0", "transformers": "5.24.0", "tokenizers": "0.23.3", "datasets": "5.2.0",
           "accelerate": "1.15.0", "peft": "0.21.2"}
@@ -34,6 +51,23 @@ TESTED = {"torch": "2.13.0", "transformers": "5.24.0", "tokenizers": "0.23.3", "
 SHAPES = {"tiny": (384, 4, 4), "base": (512, 6, 6), "small": (768, 12, 12), "medium": (1024, 24, 24),
           "large": (1280, 32, 32), "large-v2": (1280, 32, 32), "large-v3": (1280, 32, 32),
           "turbo": (1280, 32, 4), "large-v3-turbo": (1280, 32, 4)}
+# Per-clip findings: code -> (level, what the count is of).
+CLIP_CHECKS: dict[str, tuple[str, str]] = {
+    "silent_audio": ("error", "silent clip(s) (peak below -80 dBFS): nothing to learn from, and the transcript "
+                     "would teach the model to write text for silence"),
+    "too_short": ("warning", f"clip(s) shorter than {MIN_SECONDS} s (too little speech to learn from)"),
+    "too_long": ("error", f"clip(s) longer than {MAX_SECONDS:.0f} s: Whisper sees only the first 30 s, so the end "
+                 "of the transcript would be taught without its audio; cut them into segments"),
+    "empty_transcript": ("error", "empty transcript(s) (nothing left after removing punctuation)"),
+    "transcript_too_long": ("error", f"transcript(s) over Whisper's {MAX_TARGET_TOKENS}-token limit"),
+    "unknown_characters": ("error", "transcript(s) with characters the tokenizer cannot represent (control, "
+                           "private-use or unassigned code points)"),
+    "traditional_characters": ("warning", "zh-CN transcript(s) contain Traditional characters; they will be "
+                               "converted to Simplified for training (check that these are zh-CN data)"),
+    "no_chinese": ("warning", "transcript(s) with no Chinese characters: wrong language (English or another "
+                   "language's transcript for Mandarin audio?) or letters and digits only"),
+    "japanese_kana": ("warning", "transcript(s) with Japanese kana: wrong language for Mandarin targets?"),
+}
 
 
 @dataclass
@@ -79,59 +113,88 @@ class _Clip:
     audio_hash: str | None
 
 
-def _scan(items: list[Any], split: str, tokenizer: Any, findings: list[Finding], script: str) -> list[_Clip]:
-    from whisper_zh.normalize import TextNormalizer, convert_script
-    from whisper_zh.training.features import item_audio
+class _SplitScan:
+    """The per-clip checks of one split: each problem goes to the list of its own code (or decoder message)."""
 
-    bad_audio: list[str] = []
-    reasons: dict[str, str] = {}
-    too_short, too_long, empty, over_tokens, unknown, traditional = [], [], [], [], [], []
-    clips: list[_Clip] = []
-    normalizer = TextNormalizer()
-    for item in items:
+    def __init__(self, split: str, tokenizer: Any, script: str, language: str) -> None:
+        from whisper_zh.normalize import TextNormalizer
+
+        self.split, self.tokenizer, self.script, self.language = split, tokenizer, script, language
+        self.normalizer = TextNormalizer()
+        self.hits: dict[str, list[str]] = defaultdict(list)
+        self.decode_errors: dict[str, list[str]] = defaultdict(list)
+        self.clips: list[_Clip] = []
+
+    def scan(self, item: Any) -> None:
+        seconds, audio_hash = self._audio(item)
+        if seconds is not None and seconds < MIN_SECONDS:
+            self.hits["too_short"].append(f"{item.id} ({seconds:.2f} s)")
+        if seconds is not None and seconds > MAX_SECONDS:
+            self.hits["too_long"].append(f"{item.id} ({seconds:.1f} s)")
         text = (item.text or "").strip()
-        seconds = audio_hash = None
+        self._text(item.id, text)
+        self.clips.append(_Clip(item.id, self.normalizer(text), seconds, audio_hash))
+
+    def _audio(self, item: Any) -> tuple[float | None, str | None]:
+        from whisper_zh.training.features import item_audio
+
         try:
             audio = item_audio(item)
-            seconds = len(audio) / 16000
-            audio_hash = hashlib.sha1(audio.tobytes()).hexdigest()
         except AudioError as exc:
-            bad_audio.append(item.id)
-            reasons.setdefault(item.id, str(exc))
-        if seconds is not None and seconds < MIN_SECONDS:
-            too_short.append(f"{item.id} ({seconds:.2f} s)")
-        if seconds is not None and seconds > MAX_SECONDS:
-            too_long.append(f"{item.id} ({seconds:.1f} s)")
-        if not normalizer(text):
-            empty.append(item.id)
-        if tokenizer is not None and text:
-            ids = tokenizer.encode(text, add_special_tokens=False)
+            try:  # silence is refused by the decoder too: tell it apart from audio that does not decode
+                audio = load_audio(item.audio, allow_silence=True)
+            except AudioError:
+                self.decode_errors[str(exc).removeprefix(f"{describe_source(item.audio)}: ")].append(item.id)
+                return None, None
+            self.hits["silent_audio"].append(item.id)
+        return len(audio) / 16000, hashlib.sha1(np.ascontiguousarray(audio).tobytes()).hexdigest()
+
+    def _text(self, uid: str, text: str) -> None:
+        from whisper_zh.normalize import convert_script
+
+        if not self.normalizer(text):
+            self.hits["empty_transcript"].append(uid)
+        if self.tokenizer is not None and text:
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
             if len(ids) + 4 > MAX_TARGET_TOKENS:
-                over_tokens.append(f"{item.id} ({len(ids)} tokens)")
+                self.hits["transcript_too_long"].append(f"{uid} ({len(ids)} tokens)")
             odd = [c for c in text if unicodedata.category(c) in ("Co", "Cn", "Cs", "Cc")]
-            if odd or tokenizer.decode(ids) != text:
-                unknown.append(f"{item.id} ({''.join(odd) or 'no round trip'!r})")
-        if script == "simplified" and convert_script(text, "simplified") != text:
-            changed = [c for c, s in zip(text, convert_script(text, "simplified"), strict=False) if c != s]
-            traditional.append(f"{item.id} ({''.join(changed[:4])})")
-        clips.append(_Clip(item.id, normalizer(text), seconds, audio_hash))
+            if odd or self.tokenizer.decode(ids) != text:
+                self.hits["unknown_characters"].append(f"{uid} ({''.join(odd) or 'no round trip'!r})")
+        if self.script == "simplified" and (simplified := convert_script(text, "simplified")) != text:
+            changed = [c for c, s in zip(text, simplified, strict=False) if c != s]
+            self.hits["traditional_characters"].append(f"{uid} ({''.join(changed[:4])})")
+        if self.language == "zh" and self.normalizer(text):
+            if kana := _KANA.findall(text):
+                self.hits["japanese_kana"].append(f"{uid} ({''.join(kana[:4])})")
+            elif not _HAN.search(text):
+                self.hits["no_chinese"].append(f"{uid} ({text[:20]!r})")
 
-    def add(level: str, code: str, ids: list[str], message: str) -> None:
-        if ids:
-            findings.append(Finding(level, f"{split}:{code}", f"{split}: {len(ids)} {message}", len(ids), ids[:EXAMPLES]))
+    def findings(self) -> list[Finding]:
+        split = self.split
+        found = [
+            Finding("error", f"{split}:undecodable_audio",
+                    f"{split}: {len(ids)} clip(s) whose audio does not decode: {reason}", len(ids), ids[:EXAMPLES])
+            for reason, ids in self.decode_errors.items()
+        ]
+        for code, (level, what) in CLIP_CHECKS.items():
+            if ids := self.hits.get(code):
+                found.append(Finding(level, f"{split}:{code}", f"{split}: {len(ids)} {what}", len(ids), ids[:EXAMPLES]))
+        return found
 
-    add("error", "undecodable_audio", bad_audio, "clip(s) whose audio does not decode"
-        + (f" — {reasons[bad_audio[0]]}" if bad_audio else ""))
-    add("warning", "too_short", too_short, f"clip(s) shorter than {MIN_SECONDS} s (too little speech to learn from)")
-    add("error", "too_long", too_long, f"clip(s) longer than {MAX_SECONDS:.0f} s: Whisper sees only the first 30 s, "
-        "so the end of the transcript would be taught without its audio; cut them into segments")
-    add("error", "empty_transcript", empty, "empty transcript(s) (nothing left after removing punctuation)")
-    add("error", "transcript_too_long", over_tokens, f"transcript(s) over Whisper's {MAX_TARGET_TOKENS}-token limit")
-    add("error", "unknown_characters", unknown, "transcript(s) with characters the tokenizer cannot represent "
-        "(control, private-use or unassigned code points)")
-    add("warning", "traditional_characters", traditional, "zh-CN transcript(s) contain Traditional characters; "
-        "they will be converted to Simplified for training (check that these are zh-CN data)")
-    return clips
+
+def _unusable_rows(split: str, bad: list[BadRow]) -> list[Finding]:
+    """One finding per reason the loader gave (a missing file and an empty transcript are different problems)."""
+    by_kind: dict[str, list[BadRow]] = defaultdict(list)
+    for row in bad:
+        by_kind[row.kind].append(row)
+    return [
+        Finding("error", f"{split}:unusable_rows:{kind}",
+                f"{split}: {len(rows)} row(s) could not be used ({BAD_ROW_KINDS.get(kind, kind)})", len(rows),
+                [f"{b.id} ({b.where})" if b.where and not b.id.startswith("line ") else b.where or b.id
+                 for b in rows[:EXAMPLES]])
+        for kind, rows in by_kind.items()
+    ]
 
 
 def _duplicates(clips: list[_Clip], split: str, findings: list[Finding]) -> None:
@@ -152,35 +215,41 @@ def _duplicates(clips: list[_Clip], split: str, findings: list[Finding]) -> None
 def _speaking_rate(clips: list[_Clip], split: str, findings: list[Finding]) -> None:
     rates = {c.id: len(c.text.replace(" ", "")) / c.seconds for c in clips if c.seconds and c.seconds >= MIN_SECONDS
              and c.text}
-    if len(rates) < 5:
+    if not rates:
         return
-    values = list(rates.values())
-    median = statistics.median(values)
-    mad = statistics.median(abs(v - median) for v in values) * 1.4826 or 0.1 * median
-    outliers = sorted(((abs(v - median) / mad, cid, v) for cid, v in rates.items()
-                       if abs(v - median) > 5 * mad or v > 15), reverse=True)
+    low, high = 0.0, MAX_RATE
+    typical = ""
+    if len(rates) >= RATE_MIN_CLIPS:
+        q1, _, q3 = statistics.quantiles([math.log(v) for v in rates.values()], n=4)
+        spread = max(q3 - q1, RATE_MIN_SPREAD)
+        low, high = math.exp(q1 - RATE_FENCE * spread), min(MAX_RATE, math.exp(q3 + RATE_FENCE * spread))
+        typical = f"middle half {math.exp(q1):.1f}-{math.exp(q3):.1f} characters/s, "
+    outliers = sorted(((max(v / high, low / v), cid, v) for cid, v in rates.items() if not low <= v <= high),
+                      reverse=True)
     if outliers:
         findings.append(Finding(
             "warning", f"{split}:speaking_rate", f"{split}: {len(outliers)} clip(s) with an unusual speaking rate "
-            f"(median {median:.1f} characters/s); this usually means a transcript paired with the wrong audio",
-            len(outliers), [f"{cid} ({v:.1f}/s)" for _, cid, v in outliers[:EXAMPLES]]))
+            f"({typical}flagged outside {low:.1f}-{high:.1f}); this usually means a transcript paired with the "
+            "wrong audio", len(outliers), [f"{cid} ({v:.1f}/s)" for _, cid, v in outliers[:EXAMPLES]]))
 
 
 def check_data(train_items: list[Any], eval_items: list[Any] | None = None, *, tokenizer: Any = None,
-               script: str = "simplified", problems: dict[str, list[Any]] | None = None) -> list[Finding]:
+               script: str = "simplified", language: str = "zh",
+               problems: dict[str, list[BadRow]] | None = None) -> list[Finding]:
     """All data checks on train (and eval) items; ``problems`` are rows the loader could not use, per split."""
     findings: list[Finding] = []
     for split, bad in (problems or {}).items():
-        if bad:
-            findings.append(Finding("error", f"{split}:unusable_rows", f"{split}: {len(bad)} row(s) could not be "
-                                    f"used ({bad[0].reason})", len(bad), [b.id for b in bad[:EXAMPLES]]))
+        findings += _unusable_rows(split, bad)
     splits = {"train": train_items, **({"eval": eval_items} if eval_items is not None else {})}
     scanned = {}
     for split, items in splits.items():
-        clips = _scan(items, split, tokenizer, findings, script)
-        _duplicates(clips, split, findings)
-        _speaking_rate(clips, split, findings)
-        scanned[split] = clips
+        scan = _SplitScan(split, tokenizer, script, language)
+        for item in items:
+            scan.scan(item)
+        findings += scan.findings()
+        _duplicates(scan.clips, split, findings)
+        _speaking_rate(scan.clips, split, findings)
+        scanned[split] = scan.clips
     if "eval" in scanned:
         for attr, level, what in (("audio_hash", "error", "identical audio"), ("text", "warning", "the same sentence")):
             train_keys = {getattr(c, attr): c.id for c in scanned["train"] if getattr(c, attr)}
@@ -322,7 +391,7 @@ def run_checks(*, train: str | None = None, eval: str | None = None, model: str 
         lora=bool(config and config.lora.enabled))
     if train:
         if tokenizer is None:
-            from whisper_zh.hf import load_tokenizer
+            from whisper_zh.hf_parts import load_tokenizer
             from whisper_zh.models import embedded_model_dir
 
             tokenizer = load_tokenizer(embedded_model_dir())  # the Whisper vocabulary is the same for every size
@@ -330,6 +399,7 @@ def run_checks(*, train: str | None = None, eval: str | None = None, model: str 
         eval_items, eval_problems = open_source(eval) if eval else (None, [])
         report.findings += check_data(train_items, eval_items, tokenizer=tokenizer,
                                       script=config.script if config else "simplified",
+                                      language=config.language if config else "zh",
                                       problems={"train": train_problems, "eval": eval_problems})
         report.summary = {"train": {"source": train, "utterances": len(train_items)},
                           **({"eval": {"source": eval, "utterances": len(eval_items)}} if eval else {})}
