@@ -348,7 +348,7 @@ def test_export_ct2_is_transcribable(setup, tmp_path):
     ctranslate2.models.Whisper(str(out / "ctranslate2-float16"), device="cpu", compute_type="int8")
     # stored float16 like the embedded base, quantised to int8 at load
     info = Transcriber(str(out / "ctranslate2-float16")).info
-    assert (info.storage_type, info.compute_type) == ("float16", "int8")
+    assert info.storage_type == "float16" and info.compute_type.startswith("int8")  # int8_float32 on a CPU
     # `whisper-zh transcribe --model out/` path: the Transcriber takes the Transformers layout as is
     result = Transcriber(str(out)).transcribe(setup["items"][450].audio, DecodeOptions(temperature=0.0))
     assert isinstance(result.text, str)
