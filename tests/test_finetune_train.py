@@ -59,6 +59,11 @@ def _config(setup, out: Path, **overrides):
         generation_max_length=8,
         lr_scheduler="constant",
         skip_doctor=True,
+        # the product's decoder, but quick: a random model's garbage would send every window through the
+        # temperature fallback (up to 448 tokens at six temperatures); tests/test_finetune_product.py runs the
+        # default options on the real base
+        num_beams=1,
+        eval_fallback=False,
     )
     values.update(overrides)
     return build_config(overrides=values)
@@ -123,7 +128,7 @@ def test_logged_loss_equals_plain_pytorch_loop(setup, tmp_path):
     from whisper_zh.training.trainer import finetune
 
     model, processor = load_transformers_whisper(setup["model"])
-    builder = ExampleBuilder(processor.tokenizer, Featurizer())
+    builder = ExampleBuilder(processor.tokenizer, Featurizer(), prompt="以下是普通话的句子。")  # as the trainer does
     collate = Collator(processor.tokenizer.pad_token_id)
     reference = []
     with torch.no_grad():
@@ -149,6 +154,7 @@ def test_logged_loss_equals_plain_pytorch_loop(setup, tmp_path):
             eval_steps=1,
             save_steps=1,
             learning_rate=1e-5,
+            prompt_dropout=0.0,
         ),
         progress=False,
     )
@@ -189,6 +195,10 @@ def _cli(setup, out: Path, *extra: str) -> list[str]:
         "generation_max_length=4",
         "--set",
         "lr_scheduler=constant",
+        "--set",
+        "num_beams=1",
+        "--set",
+        "eval_fallback=false",
         *extra,
     ]
 
@@ -325,6 +335,7 @@ def test_lora_trains_adapters_only_and_merges_on_export(setup, tmp_path):
 def test_export_ct2_is_transcribable(setup, tmp_path):
     import ctranslate2
 
+    from whisper_zh.decoding import DecodeOptions
     from whisper_zh.models import resolve_model
     from whisper_zh.training.trainer import finetune
     from whisper_zh.transcriber import Transcriber
@@ -333,10 +344,13 @@ def test_export_ct2_is_transcribable(setup, tmp_path):
     finetune(_config(setup, out, max_steps=1, eval_steps=1, save_steps=1, export_ct2=True, eval_at_start=False),
              progress=False)
     assert resolve_model(str(out)).layout == "transformers"
-    assert resolve_model(str(out / "ctranslate2-int8")).layout == "ctranslate2"
-    ctranslate2.models.Whisper(str(out / "ctranslate2-int8"), device="cpu", compute_type="int8")
+    assert resolve_model(str(out / "ctranslate2-float16")).layout == "ctranslate2"
+    ctranslate2.models.Whisper(str(out / "ctranslate2-float16"), device="cpu", compute_type="int8")
+    # stored float16 like the embedded base, quantised to int8 at load
+    info = Transcriber(str(out / "ctranslate2-float16")).info
+    assert info.storage_type == "float16" and info.compute_type.startswith("int8")  # int8_float32 on a CPU
     # `whisper-zh transcribe --model out/` path: the Transcriber takes the Transformers layout as is
-    result = Transcriber(str(out)).transcribe(setup["items"][450].audio)
+    result = Transcriber(str(out)).transcribe(setup["items"][450].audio, DecodeOptions(temperature=0.0))
     assert isinstance(result.text, str)
 
 
@@ -430,3 +444,29 @@ def test_spec_augment_masks_features_in_training_only(setup):
     assert len(set(losses(True, True))) > 1
     assert len(set(losses(False, True))) == 1
     assert len(set(losses(True, False))) == 1
+
+
+def test_average_of_the_last_checkpoints_is_scored_and_exported_only_when_it_wins(setup, tmp_path):
+    from safetensors.torch import load_file
+
+    from whisper_zh.hf import load_transformers_whisper
+    from whisper_zh.training.trainer import finetune
+
+    out = tmp_path / "out"
+    result = finetune(_config(setup, out, eval_steps=1, save_steps=1, save_total_limit=1, average_last=3),
+                      progress=False)
+    rows = _rows(out)
+    (averaged,) = [r for r in rows if "averaged" in r and "cer" in r]
+    assert averaged["averaged"] == [1, 2, 3]  # the last three evaluated steps, kept on disk despite the limit
+    states = [load_file(str(out / "checkpoints" / f"step-{s:06d}" / "trainable.safetensors")) for s in (1, 2, 3)]
+    best = min((r for r in rows if "cer" in r and "averaged" not in r), key=lambda r: (r["cer"], r["step"]))
+    exported = dict(load_transformers_whisper(str(out))[0].named_parameters())
+    name = "model.decoder.layers.0.fc1.weight"
+    mean = torch.stack([st[name] for st in states]).mean(0)
+    if averaged["cer"] < best["cer"]:
+        assert result.averaged == [1, 2, 3] and torch.allclose(exported[name], mean)
+        assert "the average of the weights of steps 1, 2, 3" in (out / "README.md").read_text(encoding="utf-8")
+    else:
+        assert result.averaged == [] and result.best_step == best["step"]
+        if best["step"]:
+            assert torch.equal(exported[name], states[best["step"] - 1][name])

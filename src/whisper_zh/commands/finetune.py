@@ -60,7 +60,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None,
                    help="train LoRA adapters (PEFT) instead of all weights; merged on export")
     p.add_argument("--export-ct2", action=argparse.BooleanOptionalAction, default=None,
-                   help="also export a CTranslate2 int8 copy for faster-whisper")
+                   help="also export a CTranslate2 copy for faster-whisper (float16 storage, as the embedded base; "
+                   "quantised to int8 at load on a CPU)")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     p.add_argument("--skip-doctor", action=argparse.BooleanOptionalAction, default=None,
                    help="train even when `whisper-zh doctor` reports errors")

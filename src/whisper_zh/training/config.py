@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from whisper_zh.decoding import DEFAULT_ZH_PROMPT
 from whisper_zh.errors import WhisperZhError
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
@@ -82,21 +83,38 @@ class FinetuneConfig:
     max_steps: int = 5000
     precision: Precision = "auto"
     seed: int = 42
-    # evaluation and checkpoints (eval and save by generate-based CER; the best checkpoint is kept)
+    # evaluation and checkpoints: the eval set is transcribed as `whisper-zh evaluate --model OUT` would (weights
+    # converted to CTranslate2 float16, default DecodeOptions) and scored by its number-normalised CER; the best
+    # checkpoint is kept (see training.checkpoint_eval)
     eval_steps: int = 1000
     save_steps: int = 1000
     logging_steps: int = 25
-    per_device_eval_batch_size: int = 8
+    per_device_eval_batch_size: int = 8  # teacher-forced eval loss
     max_eval_samples: int | None = None
-    generation_max_length: int = 225
-    num_beams: int = 1
+    eval_engine: Literal["ctranslate2", "transformers"] = "ctranslate2"
+    generation_max_length: int | None = None  # cap on new tokens when evaluating (None: the product's)
+    num_beams: int | None = None  # beam size when evaluating (None: the product's, 5)
+    eval_fallback: bool = True  # the product's temperature fallback when evaluating (off: one pass at temperature 0)
     save_total_limit: int = 2
     eval_at_start: bool = True  # CER of the starting model: the card's "before", and the floor for "best"
     early_stopping_patience: int | None = None
+    # at the end, average the weights of the last N evaluated checkpoints (kept on disk for it) and export the
+    # average when its eval CER beats the best single checkpoint's (0 or 1: no averaging)
+    average_last: int = 0
     # data
     feature_pipeline: Literal["faster-whisper", "transformers"] = "faster-whisper"
     packing: bool = False
     packing_max_seconds: float = 29.0
+    pack_timestamps: float = 0.5  # share of packed windows in Whisper's timestamped form (the rest as the product packs)
+    # the previous-text prompt the product decodes with, in the decoder context of training windows (no loss on it);
+    # dropped on a share of windows so that decoding without a prompt keeps working ("" or null: never)
+    prompt: str | None = DEFAULT_ZH_PROMPT
+    prompt_dropout: float = 0.2
+    # augmentation (training.augment): speed factors drawn per utterance and epoch, e.g. [0.9, 1.0, 1.1];
+    # Gaussian noise on this share of utterances at an SNR drawn from noise_snr_db
+    speed_perturbation: list[float] = field(default_factory=list)
+    noise_probability: float = 0.0
+    noise_snr_db: list[float] = field(default_factory=lambda: [10.0, 30.0])
     # model surgery
     spec_augment: bool = False
     freeze_encoder: bool = False  # train the decoder only (adapts the language model, not the acoustics)
@@ -104,7 +122,9 @@ class FinetuneConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     # output
     export_ct2: bool = False
-    ct2_quantization: str = "int8"
+    # storage of the CTranslate2 copy: float16, as the embedded base is stored (CTranslate2 quantises to the
+    # compute type, int8 on a CPU, at load); the same weights then score the same whichever layout they came in
+    ct2_quantization: str = "float16"
     skip_doctor: bool = False
     diagnostics: DiagnosticsSettings = field(default_factory=DiagnosticsSettings)
 
@@ -117,7 +137,14 @@ class FinetuneConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> FinetuneConfig:
-        """Raise ConfigError with one line for any value that cannot work."""
+        """Raise ConfigError with one line for any value that cannot work (lists given as text become numbers)."""
+        try:
+            self.speed_perturbation = [float(v) for v in self.speed_perturbation]
+            self.noise_snr_db = [float(v) for v in self.noise_snr_db]
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"config: speed_perturbation and noise_snr_db take numbers ({exc})") from exc
+        if self.prompt is not None and not str(self.prompt).strip():
+            self.prompt = None
         checks = [
             (self.learning_rate > 0, "learning_rate must be > 0"),
             (self.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1"),
@@ -126,12 +153,19 @@ class FinetuneConfig:
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.eval_steps >= 1 and self.save_steps >= 1, "eval_steps and save_steps must be >= 1"),
             (self.save_total_limit >= 1, "save_total_limit must be >= 1"),
+            (self.average_last >= 0, "average_last must be >= 0"),
             (not (self.freeze_encoder and self.freeze_decoder), "freeze_encoder and freeze_decoder: nothing to train"),
             (0 < self.packing_max_seconds <= 30, "packing_max_seconds must be in (0, 30]"),
             (self.precision in ("auto", "bf16", "fp16", "fp32"), f"precision '{self.precision}': use auto/bf16/fp16/fp32"),
             (self.script in ("simplified", "traditional", "as-is"), f"script '{self.script}': use simplified/traditional/as-is"),
             (self.feature_pipeline in ("faster-whisper", "transformers"), "feature_pipeline: faster-whisper or transformers"),
             (self.lr_scheduler in ("linear", "constant", "cosine"), f"lr_scheduler '{self.lr_scheduler}' is not supported"),
+            (0.0 <= self.prompt_dropout <= 1.0 and 0.0 <= self.pack_timestamps <= 1.0,
+             "prompt_dropout and pack_timestamps are shares between 0 and 1"),
+            (all(0.5 <= v <= 2.0 for v in self.speed_perturbation), "speed_perturbation factors must be in [0.5, 2]"),
+            (0.0 <= self.noise_probability <= 1.0 and len(self.noise_snr_db) == 2,
+             "noise_probability must be in [0, 1] and noise_snr_db a [low, high] pair"),
+            (self.eval_engine in ("ctranslate2", "transformers"), "eval_engine: ctranslate2 or transformers"),
         ]
         for ok, message in checks:
             if not ok:

@@ -89,18 +89,42 @@ def _lora_text(lora: Any) -> str:
     return f"r={lora.r} alpha={lora.alpha} dropout={lora.dropout:g} on {', '.join(lora.target_modules)} (merged on export)"
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
 def write_model_card(config: Any, result: Any, out_dir: Path, *, exported_step: int, command: str | None) -> Path:
     """Write ``out_dir/README.md``: base model, data, hyperparameters, per-eval results, versions, command."""
     rows = _read_log(Path(out_dir) / "train_log.jsonl")
     evals = [r for r in rows if "cer" in r]
-    train_loss = {r["step"]: r["loss"] for r in rows if "loss" in r and "event" not in r}
-    train_data, eval_data = _data_summary(config.train), _data_summary(config.eval)
-    final = next((r for r in evals if r["step"] == exported_step), evals[-1] if evals else None)
-    world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+    averaged = getattr(result, "averaged", None)
+    final = next((r for r in reversed(evals) if r["step"] == exported_step and bool(r.get("averaged")) == bool(averaged)),
+                 evals[-1] if evals else None)
+    lines = _summary(config, result, out_dir, exported_step, final)
+    lines += _data_section(config, out_dir)
+    lines += _hyperparameters(config, result)
+    lines += _results(rows, evals)
+    lines += ["", "## Framework versions", ""]
+    lines += [f"- {name}: {version}" for name, version in framework_versions().items()]
+    cmd = command or " ".join(shlex.quote(a) for a in sys.argv)
+    lines += [
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        cmd,
+        "```",
+        "",
+        "The resolved configuration is in `finetune_config.yaml` (`whisper-zh finetune --config "
+        "finetune_config.yaml` runs it again); the per-step log is `train_log.jsonl`, plotted in `curves.png`.",
+        "",
+    ]
+    path = Path(out_dir) / "README.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
 
-    def pct(value: float | None) -> str:
-        return "-" if value is None else f"{100 * value:.2f}"
 
+def _summary(config: Any, result: Any, out_dir: Path, exported_step: int, final: dict | None) -> list[str]:
     lines = [
         "---",
         "language: zh",
@@ -113,7 +137,9 @@ def write_model_card(config: Any, result: Any, out_dir: Path, *, exported_step: 
         f"# {Path(out_dir).resolve().name}",
         "",
         f"This model is a fine-tuned version of `{config.model}` for Mandarin Chinese (zh-CN) made with whisper-zh.",
-        f"Exported checkpoint: step {exported_step} (the best eval CER).",
+        f"Exported checkpoint: step {exported_step} (the best eval CER)"
+        + (f", the average of the weights of steps {', '.join(map(str, result.averaged))}." if getattr(
+            result, "averaged", None) else "."),
         "",
     ]
     if exported_step == 0:
@@ -122,35 +148,39 @@ def write_model_card(config: Any, result: Any, out_dir: Path, *, exported_step: 
     if final:
         ci = final.get("cer_ci") or [None, None]
         lines += [
-            f"- **CER: {pct(final['cer'])} %** (95 % bootstrap CI {pct(ci[0])}–{pct(ci[1])} %, "
-            f"{final.get('eval_utterances', '?')} utterances)",
-            f"- CER before fine-tuning: {pct(result.initial_cer)} %",
-            f"- WER on jieba-segmented words: {pct(final.get('wer_segmented'))} %",
+            f"- **CER (numbers normalised): {_pct(final['cer'])} %** (95 % bootstrap CI {_pct(ci[0])}–{_pct(ci[1])} %, "
+            f"{final.get('eval_utterances', '?')} utterances); plain CER {_pct(final.get('cer_plain'))} %",
+            f"- CER before fine-tuning: {_pct(result.initial_cer)} %",
+            f"- WER on jieba-segmented words: {_pct(final.get('wer_segmented'))} %",
+            f"- Sentence-final punctuation on {_pct(final.get('punctuation_final'))} % of the eval transcripts",
             "",
         ]
-    lines += [
-        "## Usage",
-        "",
-        "```bash",
-        f"whisper-zh transcribe --model {out_dir} audio.wav",
-        "```",
-        "",
-        "## Data",
-        "",
-        "| split | source | utterances | hours |",
-        "|---|---|---|---|",
-    ]
-    for name, info in (("train", train_data), ("eval", eval_data)):
+    return lines + ["## Usage", "", "```bash", f"whisper-zh transcribe --model {out_dir} audio.wav", "```", ""]
+
+
+def _data_section(config: Any, out_dir: Path) -> list[str]:
+    lines = ["## Data", "", "| split | source | utterances | hours |", "|---|---|---|---|"]
+    for name, info in (("train", _data_summary(config.train)), ("eval", _data_summary(config.eval))):
         hours = f"{info['hours']:.3f}" if "hours" in info else "?"
         lines.append(f"| {name} | `{info.get('source')}` | {info.get('utterances', '?')} | {hours} |")
-    lines += [
+    prompt = f"`<|startofprev|>{config.prompt}` before it" if config.prompt else "no prompt"
+    return lines + [
         "",
         "Targets: converted to Simplified characters, punctuation kept; decoder prefix "
-        "`<|startoftranscript|><|zh|><|transcribe|><|notimestamps|>`"
-        + (" (packed windows use timestamp tokens instead of `<|notimestamps|>`)." if config.packing else "."),
-        "CER is computed on generate() output after whisper-zh's scoring normaliser (width, script, "
-        "punctuation, whitespace).",
+        f"`<|startoftranscript|><|zh|><|transcribe|><|notimestamps|>` with {prompt}"
+        + (f" (dropped on {config.prompt_dropout:.0%} of the windows)" if config.prompt else "")
+        + (f"; {config.pack_timestamps:.0%} of the packed windows use timestamp tokens instead of "
+           "`<|notimestamps|>`." if config.packing else "."),
+        "CER is what `whisper-zh evaluate --model OUT` reports: the weights converted to CTranslate2 (float16, int8 "
+        "at load), decoded with the product's default options, scored after whisper-zh's normaliser (width, script, "
+        "numbers, punctuation, whitespace).",
         "",
+    ]
+
+
+def _hyperparameters(config: Any, result: Any) -> list[str]:
+    world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+    return [
         "## Training hyperparameters",
         "",
         f"- learning_rate: {config.learning_rate:g}",
@@ -170,41 +200,35 @@ def write_model_card(config: Any, result: Any, out_dir: Path, *, exported_step: 
         f"- seed: {config.seed}",
         f"- feature_pipeline: {config.feature_pipeline}",
         f"- packing: {config.packing}",
+        f"- prompt: {config.prompt!r} (dropout {config.prompt_dropout:g})",
         f"- spec_augment: {config.spec_augment}",
+        f"- speed_perturbation: {list(config.speed_perturbation) or 'no'}",
+        f"- noise: {config.noise_probability:.0%} of utterances at {config.noise_snr_db} dB SNR",
         f"- freeze_encoder: {config.freeze_encoder}",
         f"- freeze_decoder: {config.freeze_decoder}",
         f"- lora: {_lora_text(config.lora)}",
+        f"- average_last: {config.average_last}",
         "",
+    ]
+
+
+def _results(rows: list[dict], evals: list[dict]) -> list[str]:
+    train_loss = {r["step"]: r["loss"] for r in rows if "loss" in r and "event" not in r}
+    lines = [
         "## Training results",
         "",
-        "| step | train loss | eval loss | CER (%) | segmented WER (%) |",
-        "|---|---|---|---|---|",
+        "| step | train loss | eval loss | CER numbers (%) | CER plain (%) | segmented WER (%) |",
+        "|---|---|---|---|---|---|",
     ]
     for r in evals:
         loss = train_loss.get(r["step"])
         eval_loss = r.get("eval_loss")
-        lines.append(f"| {r['step']} | {'-' if loss is None else f'{loss:.4f}'} | "
-                     f"{'-' if eval_loss is None else f'{eval_loss:.4f}'} | {pct(r['cer'])} | "
-                     f"{pct(r.get('wer_segmented'))} |")
+        step = f"average of {', '.join(map(str, r['averaged']))}" if r.get("averaged") else r["step"]
+        lines.append(f"| {step} | {'-' if loss is None else f'{loss:.4f}'} | "
+                     f"{'-' if eval_loss is None else f'{eval_loss:.4f}'} | {_pct(r['cer'])} | "
+                     f"{_pct(r.get('cer_plain'))} | {_pct(r.get('wer_segmented'))} |")
     warnings = [r for r in rows if r.get("level") in ("warning", "error")]
     if warnings:
         lines += ["", "## Diagnostics during training", ""]
         lines += [f"- step {r['step']}: {r['message']}" for r in warnings]
-    lines += ["", "## Framework versions", ""]
-    lines += [f"- {name}: {version}" for name, version in framework_versions().items()]
-    cmd = command or " ".join(shlex.quote(a) for a in sys.argv)
-    lines += [
-        "",
-        "## Reproduce",
-        "",
-        "```bash",
-        cmd,
-        "```",
-        "",
-        "The resolved configuration is in `finetune_config.yaml` (`whisper-zh finetune --config "
-        "finetune_config.yaml` runs it again); the per-step log is `train_log.jsonl`, plotted in `curves.png`.",
-        "",
-    ]
-    path = Path(out_dir) / "README.md"
-    atomic_write_text(path, "\n".join(lines))
-    return path
+    return lines

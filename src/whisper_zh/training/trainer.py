@@ -1,8 +1,8 @@
 """The fine-tuning loop: Accelerate for devices, mixed precision and DDP; our own loop for the rest.
 
 Why not Seq2SeqTrainer: the product needs atomic checkpoints with a completion marker, packing with timestamp
-tokens, generate-based CER with the project's metrics and normaliser, and plain-words diagnostics that can stop a
-run. Each of these fights the Trainer's internals (and its transformers-5.x gradient-accumulation loss scaling with
+tokens and the product's prompt, checkpoints chosen by the product's own decoder and scorer
+(:mod:`whisper_zh.training.checkpoint_eval`), and plain-words diagnostics that can stop a run. Each of these fights the Trainer's internals (and its transformers-5.x gradient-accumulation loss scaling with
 Whisper, see shared/docs/stack-notes.md); a ~300-line loop on Accelerate is simpler and testable. The loss here is
 the model's mean token cross-entropy, divided by the accumulation steps: the same number a plain PyTorch loop logs.
 
@@ -18,8 +18,9 @@ import math
 import random
 import re
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +29,18 @@ import torch
 
 from whisper_zh.errors import DataError
 from whisper_zh.training import checkpoints as ckpt
+from whisper_zh.training.augment import Augmenter
+from whisper_zh.training.checkpoint_eval import EvalResult, ProductEvaluator, decode_options
 from whisper_zh.training.config import FinetuneConfig, save_config
 from whisper_zh.training.diagnostics import Diagnostics, Event, TrainingDivergedError
 from whisper_zh.training.features import (
     Collator,
+    EpochPlanner,
     ExampleBuilder,
     Featurizer,
     Item,
     WindowDataset,
-    clean_target,
+    item_duration,
     load_utterances,
     plan_windows,
 )
@@ -59,6 +63,7 @@ class FinetuneResult:
     resumed_from: int | None = None
     samples_per_second: float | None = None
     train_seconds: float = 0.0
+    averaged: list[int] = field(default_factory=list)  # steps whose weights were averaged into the export
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -192,60 +197,42 @@ class JsonlLog:
 
 # ---------------------------------------------------------------------------------------------- evaluation
 
-def evaluate_model(model: Any, tokenizer: Any, builder: ExampleBuilder, items: list[Item], *, batch_size: int,
-                   max_new_tokens: int, num_beams: int, script: str, autocast: Any) -> dict[str, Any]:
-    """Teacher-forced loss and greedy/beam ``generate`` transcripts -> CER, segmented WER, unsegmented WER."""
-    from transformers.utils import logging as hf_logging
-
-    from whisper_zh.metrics import cer, wer
-    from whisper_zh.normalize import TextNormalizer, convert_script
-
-    collate = Collator(tokenizer.pad_token_id)
+def eval_loss(model: Any, builder: ExampleBuilder, items: list[Item], *, batch_size: int, autocast: Any,
+              packing: bool = False) -> float | None:
+    """Mean teacher-forced loss on ``items``, each window as the product decodes it (with the prompt; with
+    ``packing``, several clips to a window in the product's pack form, in a fixed order)."""
+    collate = Collator(builder.tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    plan = plan_windows([item_duration(it) for it in items], [len(builder.text_ids(it.text)) for it in items],
+                        packing=packing, max_seconds=29.0, seed=0, epoch=0,
+                        reserved_tokens=4 + len(builder.prompt_ids))
+    windows = [[items[i] for i in members] for members in plan]
     was_training = model.training
     model.eval()
-    # generate() warns on every call about Whisper's own generation config and the (unused) attention mask
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    device = next(model.parameters()).device
-    hyps: list[str] = []
-    losses: list[float] = []
+    losses = []
     try:
         with torch.no_grad(), autocast():
-            for start in range(0, len(items), batch_size):
-                batch = collate([builder.single(it) for it in items[start:start + batch_size]])
-                features = batch["input_features"].to(device)
-                out = model(input_features=features, decoder_input_ids=batch["decoder_input_ids"].to(device),
-                            labels=batch["labels"].to(device))
+            for start in range(0, len(windows), batch_size):
+                batch = collate([builder.packed(w, timestamps=False) for w in windows[start:start + batch_size]])
+                out = model(input_features=batch["input_features"].to(device),
+                            decoder_input_ids=batch["decoder_input_ids"].to(device), labels=batch["labels"].to(device))
                 losses.append(float(out.loss))
-                # A looping hypothesis would run to max_new_tokens and stall the whole batch; past twice the
-                # longest reference it is wrong anyway (CER still counts every inserted character up to the cap).
-                longest = int((batch["labels"] >= 0).sum(dim=1).max())
-                cap = min(max_new_tokens, 2 * longest + 10)
-                generated = model.generate(input_features=features, language="zh", task="transcribe",
-                                           max_new_tokens=cap, num_beams=num_beams)
-                hyps += [convert_script(t.strip(), script)
-                         for t in tokenizer.batch_decode(generated, skip_special_tokens=True)]
     finally:
         model.train(was_training)
-        hf_logging.set_verbosity(verbosity)
-    refs = [clean_target(it.text, script) for it in items]
-    normalizer = TextNormalizer()
-    char = cer(refs, hyps, normalizer=normalizer, n_resamples=200)
-    words = wer(refs, hyps, normalizer=normalizer)
-    # The number a new user gets from jiwer.wer on Chinese: whole sentences as "words" (see diagnostics).
-    import jiwer
+    return float(np.mean(losses)) if losses else None
 
-    norm_refs, norm_hyps = [normalizer(r) for r in refs], [normalizer(h) or "-" for h in hyps]
-    unsegmented = float(jiwer.wer(norm_refs, norm_hyps)) if all(norm_refs) else None
-    return {
-        "eval_loss": float(np.mean(losses)) if losses else None,
-        "cer": char.rate,
-        "cer_ci": [char.ci_low, char.ci_high],
-        "wer_segmented": words.rate,
-        "wer_unsegmented": unsegmented,
-        "eval_utterances": len(items),
-        "examples": [{"id": it.id, "ref": r, "hyp": h} for it, r, h in list(zip(items, refs, hyps, strict=True))[:5]],
-    }
+
+def evaluate_model(model: Any, evaluator: ProductEvaluator, builder: ExampleBuilder, items: list[Item], *,
+                   batch_size: int, autocast: Any, packing: bool = False) -> EvalResult:
+    """The product's CER of ``model`` on the eval set (see training.checkpoint_eval), and the teacher-forced loss."""
+    was_training = model.training
+    model.eval()
+    try:
+        result = evaluator(model)
+    finally:
+        model.train(was_training)
+    loss = eval_loss(model, builder, items, batch_size=batch_size, autocast=autocast, packing=packing)
+    return replace(result, eval_loss=loss)
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -253,244 +240,341 @@ def evaluate_model(model: Any, tokenizer: Any, builder: ExampleBuilder, items: l
 def finetune(config: FinetuneConfig, *, resume: bool = False, progress: bool = True,
              command: str | None = None) -> FinetuneResult:
     """Run one fine-tuning job described by ``config``; see the module docstring."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
-    from tqdm.auto import tqdm
-
     config.validate()
     if not config.train or not config.eval:
         raise DataError("finetune needs both a training source (--train) and an evaluation source (--eval)")
-    cuda = torch.cuda.is_available()
-    precision = resolve_precision(config.precision, cuda=cuda)
-    accelerator = Accelerator(
-        mixed_precision={"fp32": "no"}.get(precision, precision),
-        cpu=not cuda,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
-    )
-    main = accelerator.is_main_process
-    out_dir = Path(config.output_dir)
-    ckpt_root = out_dir / CHECKPOINTS
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    resume_from = ckpt.latest_complete(ckpt_root) if resume else None
-    if resume and resume_from is None and main:
-        log.warning("--resume: no complete checkpoint in %s; starting from the beginning", ckpt_root)
-    set_seed(config.seed)
+    run = _Run(config, resume=resume, progress=progress)
+    result = run.train()
+    source = run.average_checkpoints() if config.average_last > 1 else None
+    if source is not None:
+        result = replace(result, best_step=source[1], best_cer=run.state["best_cer"], averaged=source[2])
+    if run.main:
+        export_best(config, result, source[0] if source else run.ckpt_root, command=command)
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
+    return result
 
-    model, processor = load_model(config.model)
-    tokenizer = processor.tokenizer
-    model = apply_model_options(model, config)
-    featurizer = Featurizer(config.feature_pipeline, n_mels=model.config.num_mel_bins)
-    builder = ExampleBuilder(tokenizer, featurizer, language=config.language, task=config.task, script=config.script)
 
-    train_items = load_utterances(config.train)
-    eval_items = load_utterances(config.eval)
-    if config.max_eval_samples:
-        eval_items = eval_items[: config.max_eval_samples]
-    if not train_items or not eval_items:
-        raise DataError("finetune: the training or evaluation source holds no utterances")
-    from whisper_zh.training.features import item_duration
+class _Run:
+    """One fine-tuning run: the model and optimizer under Accelerate, the data plan, the state that a checkpoint
+    holds, the log and the diagnostics. :meth:`train` runs it to the end."""
 
-    durations = [item_duration(it) for it in train_items]
-    token_counts = [len(builder.text_ids(it.text)) for it in train_items]
+    def __init__(self, config: FinetuneConfig, *, resume: bool, progress: bool) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                                  eps=config.adam_epsilon, weight_decay=config.weight_decay)
-    scheduler = make_scheduler(optimizer, config.lr_scheduler, config.warmup_steps, config.max_steps)
-    # The scheduler is stepped by hand once per optimizer step: accelerate's wrapper would step it once per
-    # process under DDP, which changes the schedule with the number of processes.
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
+        self.config, self.progress = config, progress
+        cuda = torch.cuda.is_available()
+        precision = resolve_precision(config.precision, cuda=cuda)
+        self.accelerator = Accelerator(
+            mixed_precision={"fp32": "no"}.get(precision, precision),
+            cpu=not cuda,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+        )
+        self.main = self.accelerator.is_main_process
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.out_dir = Path(config.output_dir)
+        self.ckpt_root = self.out_dir / CHECKPOINTS
+        if self.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.resume_from = ckpt.latest_complete(self.ckpt_root) if resume else None
+        if resume and self.resume_from is None and self.main:
+            log.warning("--resume: no complete checkpoint in %s; starting from the beginning", self.ckpt_root)
+        set_seed(config.seed)
+        self._load_model_and_data()
+        self.state: dict[str, Any] = {"step": 0, "epoch": 0, "offset": 0, "best_step": None, "best_cer": None,
+                                      "initial_cer": None, "samples": 0, "train_seconds": 0.0}
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+        self._open_log()
+        self.events: list[dict] = []
 
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "offset": 0, "best_step": None, "best_cer": None,
-                             "initial_cer": None, "samples": 0, "train_seconds": 0.0}
-    if resume_from is not None:
-        load_trainable_state(unwrapped, resume_from / "trainable.safetensors")
-        optimizer.load_state_dict(torch.load(resume_from / "optimizer.pt", map_location="cpu", weights_only=False))
-        scheduler.load_state_dict(torch.load(resume_from / "scheduler.pt", weights_only=False))
-        state.update(json.loads((resume_from / "trainer_state.json").read_text(encoding="utf-8")))
-        rng_file = resume_from / f"rng-{accelerator.process_index}.pt"
+    def _load_model_and_data(self) -> None:
+        config = self.config
+        model, processor = load_model(config.model)
+        self.processor, self.tokenizer = processor, processor.tokenizer
+        model = apply_model_options(model, config)
+        featurizer = Featurizer(config.feature_pipeline, n_mels=model.config.num_mel_bins)
+        self.builder = ExampleBuilder(self.tokenizer, featurizer, language=config.language, task=config.task,
+                                      script=config.script, prompt=config.prompt)
+        self.train_items = load_utterances(config.train)
+        self.eval_items = load_utterances(config.eval)[: config.max_eval_samples or None]
+        if not self.train_items or not self.eval_items:
+            raise DataError("finetune: the training or evaluation source holds no utterances")
+        augmenter = Augmenter(speeds=config.speed_perturbation, noise_probability=config.noise_probability,
+                              noise_snr_db=config.noise_snr_db, seed=config.seed)
+        self.planner = EpochPlanner(
+            [item_duration(it) for it in self.train_items],
+            [len(self.builder.text_ids(it.text)) for it in self.train_items],
+            packing=config.packing, max_seconds=config.packing_max_seconds, seed=config.seed, augmenter=augmenter,
+            prompt_dropout=config.prompt_dropout if self.builder.prompt_ids else 0.0,
+            pack_timestamps=config.pack_timestamps, reserved_tokens=4 + len(self.builder.prompt_ids))
+        self.evaluator = ProductEvaluator(
+            config.eval, processor,
+            decode_options(config.language, config.task, config.script, beam_size=config.num_beams,
+                           max_new_tokens=config.generation_max_length, fallback=config.eval_fallback),
+            engine=config.eval_engine, limit=config.max_eval_samples)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                                      eps=config.adam_epsilon, weight_decay=config.weight_decay)
+        # The scheduler is stepped by hand once per optimizer step: accelerate's wrapper would step it once per
+        # process under DDP, which changes the schedule with the number of processes.
+        self.scheduler = make_scheduler(optimizer, config.lr_scheduler, config.warmup_steps, config.max_steps)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.unwrapped = self.accelerator.unwrap_model(self.model)
+
+    def _restore(self, path: Path) -> None:
+        load_trainable_state(self.unwrapped, path / "trainable.safetensors")
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        self.state.update(json.loads((path / "trainer_state.json").read_text(encoding="utf-8")))
+        rng_file = path / f"rng-{self.rank}.pt"
         if rng_file.is_file():
             _set_rng_state(torch.load(rng_file, weights_only=False))
-    train_log = JsonlLog(out_dir / TRAIN_LOG, keep_until_step=state["step"] if resume_from else None) if main else None
-    if main:
-        save_config(config, out_dir / "finetune_config.yaml")
-        if resume_from is not None:
-            train_log.write({"step": state["step"], "event": "resumed", "level": "info",
-                             "message": f"resumed from {resume_from.name}"})
 
-    diagnostics = Diagnostics(config.diagnostics, learning_rate=config.learning_rate, warmup_steps=config.warmup_steps)
-    if train_log is not None:  # rebuild the diagnostics' view of the past from the kept log
-        for row in train_log.rows():
+    def _open_log(self) -> None:
+        config = self.config
+        self.train_log = (JsonlLog(self.out_dir / TRAIN_LOG, keep_until_step=self.state["step"] if self.resume_from
+                                   else None) if self.main else None)
+        self.diagnostics = Diagnostics(config.diagnostics, learning_rate=config.learning_rate,
+                                       warmup_steps=config.warmup_steps)
+        if self.train_log is None:
+            return
+        save_config(config, self.out_dir / "finetune_config.yaml")
+        if self.resume_from is not None:
+            self.train_log.write({"step": self.state["step"], "event": "resumed", "level": "info",
+                                  "message": f"resumed from {self.resume_from.name}"})
+        for row in self.train_log.rows():  # rebuild the diagnostics' view of the past from the kept log
             if "loss" in row and "event" not in row:
-                diagnostics.losses.append((row["step"], row["loss"]))
-            if "cer" in row:
-                diagnostics.evals.append((row["step"], row["cer"]))
-    events: list[dict] = []
+                self.diagnostics.losses.append((row["step"], row["loss"]))
+            if "cer" in row and "averaged" not in row:
+                self.diagnostics.evals.append((row["step"], row["cer"]))
 
-    def report(new_events: list[Event]) -> None:
+    # ------------------------------------------------------------------------------------------ reporting
+    def report(self, new_events: list[Event]) -> None:
+        from tqdm.auto import tqdm
+
         for event in new_events:
-            events.append(event.to_dict())
-            if main:
-                train_log.write(event.to_dict())
+            self.events.append(event.to_dict())
+            if self.main:
+                self.train_log.write(event.to_dict())
                 (log.error if event.level == "error" else log.warning)(event.message)
-                if progress:
+                if self.progress:
                     tqdm.write(f"[{event.level}] {event.message}")
 
-    autocast = accelerator.autocast
-    world, rank = accelerator.num_processes, accelerator.process_index
-    collate = Collator(tokenizer.pad_token_id)
-
-    def micro_batches(epoch: int, offset: int):
+    # ------------------------------------------------------------------------------------------ data
+    def micro_batches(self, epoch: int, offset: int) -> Iterator[tuple[int, int, dict[str, Any]]]:
         """Yield (epoch, next_offset, batch) forever; each rank takes every world-th window of the epoch's plan."""
+        collate = Collator(self.tokenizer.pad_token_id)
+        bs = self.config.per_device_train_batch_size
         while True:
-            windows = plan_windows(durations, token_counts, packing=config.packing,
-                                   max_seconds=config.packing_max_seconds, seed=config.seed, epoch=epoch)
-            usable = len(windows) - len(windows) % world if len(windows) >= world else len(windows)
-            shard = windows[:usable][rank::world]
-            dataset = WindowDataset(train_items, shard, builder)
-            bs = config.per_device_train_batch_size
+            windows = self.planner(epoch)
+            usable = len(windows) - len(windows) % self.world if len(windows) >= self.world else len(windows)
+            dataset = WindowDataset(self.train_items, windows[:usable][self.rank::self.world], self.builder)
             for start in range(offset, len(dataset), bs):
                 end = min(start + bs, len(dataset))
                 yield epoch, end, collate([dataset[i] for i in range(start, end)])
             epoch, offset = epoch + 1, 0
 
-    def run_eval(step: int) -> dict[str, Any] | None:
+    # ------------------------------------------------------------------------------------------ eval and save
+    def evaluate(self) -> EvalResult | None:
+        from accelerate.utils import broadcast_object_list
+
         result = None
-        if main:
-            result = evaluate_model(unwrapped, tokenizer, builder, eval_items,
-                                    batch_size=config.per_device_eval_batch_size,
-                                    max_new_tokens=config.generation_max_length, num_beams=config.num_beams,
-                                    script=config.script, autocast=autocast)
+        if self.main:
+            result = evaluate_model(self.unwrapped, self.evaluator, self.builder, self.eval_items,
+                                    batch_size=self.config.per_device_eval_batch_size,
+                                    autocast=self.accelerator.autocast, packing=self.config.packing)
         shared = [result]
-        if world > 1:
+        if self.world > 1:
             broadcast_object_list(shared, from_process=0)
         return shared[0]
 
-    def save(step: int) -> None:
-        if main:
+    def save(self, step: int) -> None:
+        if self.main:
             def write(tmp: Path) -> None:
                 from safetensors.torch import save_file
 
-                save_file(trainable_state(unwrapped), str(tmp / "trainable.safetensors"))
-                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-                torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-                (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+                save_file(trainable_state(self.unwrapped), str(tmp / "trainable.safetensors"))
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+                (tmp / "trainer_state.json").write_text(json.dumps(self.state, indent=1), encoding="utf-8")
                 torch.save(_rng_state(), tmp / "rng-0.pt")
 
-            ckpt.write_checkpoint(ckpt_root, step, write, meta={"best_step": state["best_step"]})
-            protect = (ckpt.checkpoint_dir(ckpt_root, state["best_step"]),) if state["best_step"] is not None else ()
-            ckpt.prune(ckpt_root, config.save_total_limit, protect=protect)
-        accelerator.wait_for_everyone()
+            best = self.state["best_step"]
+            ckpt.write_checkpoint(self.ckpt_root, step, write, meta={"best_step": best})
+            protect = (ckpt.checkpoint_dir(self.ckpt_root, best),) if best is not None else ()
+            protect += tuple(ckpt.checkpoint_dir(self.ckpt_root, s) for s in self.state.get("evaluated", [])
+                             [-self.config.average_last:] if self.config.average_last > 1)
+            ckpt.prune(self.ckpt_root, self.config.save_total_limit, protect=protect)
+        self.accelerator.wait_for_everyone()
 
-    def record_eval(step: int, result: dict[str, Any]) -> bool:
+    def record_eval(self, step: int, result: EvalResult) -> bool:
         """Log an eval, update the best checkpoint; True when early stopping says stop."""
-        row = {"step": step, **{k: v for k, v in result.items() if k != "examples"}}
-        improved = state["best_cer"] is None or result["cer"] < state["best_cer"]
-        if improved:
-            state["best_cer"], state["best_step"] = result["cer"], step
-        if main:
-            train_log.write(row)
-            if progress:
-                tqdm.write(f"step {step}: eval CER {result['cer']:.2%} (best {state['best_cer']:.2%} at step "
-                           f"{state['best_step']}), eval loss {result['eval_loss']:.3f}")
-        report(diagnostics.observe_eval(step, result["cer"], result.get("wer_unsegmented")))
-        if config.early_stopping_patience:
-            evals = [c for _, c in diagnostics.evals]
+        from tqdm.auto import tqdm
+
+        state = self.state
+        if state["best_cer"] is None or result.cer < state["best_cer"]:
+            state["best_cer"], state["best_step"] = result.cer, step
+        state["evaluated"] = [*state.get("evaluated", []), step]
+        if self.main:
+            self.train_log.write({"step": step, **result.to_row()})
+            if self.progress:
+                loss = "-" if result.eval_loss is None else f"{result.eval_loss:.3f}"
+                tqdm.write(f"step {step}: eval CER {result.cer:.2%} (numbers; plain {result.cer_plain:.2%}; best "
+                           f"{state['best_cer']:.2%} at step {state['best_step']}), sentence-final punctuation "
+                           f"{result.punctuation_final:.0%}, eval loss {loss}, {result.seconds:.0f} s")
+        self.report(self.diagnostics.observe_eval(step, result.cer, result.wer_unsegmented))
+        patience = self.config.early_stopping_patience
+        if patience:
+            evals = [c for _, c in self.diagnostics.evals]
             since_best = len(evals) - 1 - int(np.argmin(evals))
-            if since_best >= config.early_stopping_patience:
-                report([Event("info", "early_stopping", step,
-                              f"step {step}: no better eval CER for {since_best} evaluation(s); stopping early "
-                              f"and keeping step {state['best_step']} (CER {state['best_cer']:.2%}).")])
+            if since_best >= patience:
+                self.report([Event("info", "early_stopping", step,
+                                   f"step {step}: no better eval CER for {since_best} evaluation(s); stopping early "
+                                   f"and keeping step {state['best_step']} (CER {state['best_cer']:.2%}).")])
                 return True
         return False
 
-    if state["step"] == 0 and config.eval_at_start:
-        result = run_eval(0)
-        state["initial_cer"] = result["cer"]
-        record_eval(0, result)
-        save(0)  # step 0 = the starting model: "best" is never worse than where we began
+    # ------------------------------------------------------------------------------------------ training
+    def optimizer_step(self, batches: Iterator[tuple[int, int, dict[str, Any]]]) -> tuple[float, int, float | None]:
+        """One optimizer step over ``gradient_accumulation_steps`` micro-batches: (mean loss, samples, grad norm)."""
+        config, accelerator = self.config, self.accelerator
+        step_loss, step_samples = 0.0, 0
+        for micro in range(config.gradient_accumulation_steps):
+            epoch, offset, batch = next(batches)
+            sync = micro == config.gradient_accumulation_steps - 1
+            context = accelerator.no_sync(self.model) if (not sync and self.world > 1) else nullcontext()
+            with context, accelerator.autocast():
+                out = self.model(input_features=batch["input_features"].to(accelerator.device),
+                                 decoder_input_ids=batch["decoder_input_ids"].to(accelerator.device),
+                                 labels=batch["labels"].to(accelerator.device))
+                loss = out.loss / config.gradient_accumulation_steps
+            accelerator.backward(loss)
+            step_loss += float(loss.detach())
+            step_samples += batch["n_utterances"]
+        grad_norm = accelerator.clip_grad_norm_(self.params, config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["step"] += 1
+        self.state["epoch"], self.state["offset"] = epoch, offset
+        totals = torch.tensor([step_loss, float(step_samples)], device=accelerator.device)
+        if self.world > 1:
+            totals = accelerator.reduce(totals, reduction="sum")
+            totals[0] /= self.world
+        return float(totals[0]), int(totals[1]), float(grad_norm) if grad_norm is not None else None
 
-    model.train()
-    batches = micro_batches(state["epoch"], state["offset"])
-    bar = tqdm(total=config.max_steps, initial=state["step"], disable=not (main and progress), unit="step",
-               desc="finetune", dynamic_ncols=True)
-    window_loss: list[float] = []
-    window_samples = 0
-    window_start = time.perf_counter()
-    stop = False
-    try:
-        while state["step"] < config.max_steps and not stop:
-            step_start = time.perf_counter()
-            step_loss = 0.0
-            step_samples = 0
-            for micro in range(config.gradient_accumulation_steps):
-                epoch, offset, batch = next(batches)
-                sync = micro == config.gradient_accumulation_steps - 1
-                context = accelerator.no_sync(model) if (not sync and world > 1) else nullcontext()
-                with context, autocast():
-                    out = model(input_features=batch["input_features"].to(accelerator.device),
-                                decoder_input_ids=batch["decoder_input_ids"].to(accelerator.device),
-                                labels=batch["labels"].to(accelerator.device))
-                    loss = out.loss / config.gradient_accumulation_steps
-                accelerator.backward(loss)
-                step_loss += float(loss.detach())
-                step_samples += batch["n_utterances"]
-            grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            state["epoch"], state["offset"] = epoch, offset
-            step = state["step"]
-            totals = torch.tensor([step_loss, float(step_samples)], device=accelerator.device)
-            if world > 1:
-                totals = accelerator.reduce(totals, reduction="sum")
-                totals[0] /= world
-            mean_loss, samples = float(totals[0]), int(totals[1])
-            state["samples"] += samples
-            elapsed = time.perf_counter() - step_start
-            state["train_seconds"] += elapsed
-            window_loss.append(mean_loss)
-            window_samples += samples
-            report(diagnostics.observe_loss(step, mean_loss, float(grad_norm) if grad_norm is not None else None))
-            if any(e["level"] == "error" for e in events):
-                raise TrainingDivergedError(next(e["message"] for e in events if e["level"] == "error"))
-            lr = scheduler.get_last_lr()[0]
-            rate = samples / max(elapsed, 1e-9)
-            bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", samples_s=f"{rate:.2f}")
-            bar.update(1)
-            if main and (step % config.logging_steps == 0 or step == config.max_steps):
-                span = time.perf_counter() - window_start
-                train_log.write({"step": step, "epoch": epoch, "loss": float(np.mean(window_loss)),
-                                 "learning_rate": lr, "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                                 "samples_per_second": window_samples / max(span, 1e-9), "samples": state["samples"],
-                                 "elapsed": state["train_seconds"]})
-                window_loss, window_samples, window_start = [], 0, time.perf_counter()
-            at_end = step == config.max_steps
-            if step % config.eval_steps == 0 or at_end:
-                stop = record_eval(step, run_eval(step))
-                window_start = time.perf_counter()
-            if step % config.save_steps == 0 or step % config.eval_steps == 0 or at_end or stop:
-                save(step)
-                window_start = time.perf_counter()
-    finally:
-        bar.close()
+    def train(self) -> FinetuneResult:
+        from tqdm.auto import tqdm
 
-    if main:
-        train_log.write({"step": state["step"], "event": "finished", "level": "info",
-                         "message": f"best CER {state['best_cer']:.2%} at step {state['best_step']}"})
-    result = FinetuneResult(out_dir, state["step"], state["best_step"], state["best_cer"], state["initial_cer"],
-                            history=train_log.rows() if main else [], events=events,
-                            resumed_from=int(resume_from.name.split("-")[1]) if resume_from else None,
-                            samples_per_second=state["samples"] / max(state["train_seconds"], 1e-9),
-                            train_seconds=state["train_seconds"])
-    if main:
-        export_best(config, result, ckpt_root, command=command)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return result
+        config, state = self.config, self.state
+        if state["step"] == 0 and config.eval_at_start:
+            result = self.evaluate()
+            state["initial_cer"] = result.cer
+            self.record_eval(0, result)
+            self.save(0)  # step 0 = the starting model: "best" is never worse than where we began
+        self.model.train()
+        batches = self.micro_batches(state["epoch"], state["offset"])
+        bar = tqdm(total=config.max_steps, initial=state["step"], disable=not (self.main and self.progress),
+                   unit="step", desc="finetune", dynamic_ncols=True)
+        window = _LogWindow()
+        stop = False
+        try:
+            while state["step"] < config.max_steps and not stop:
+                started = time.perf_counter()
+                loss, samples, grad_norm = self.optimizer_step(batches)
+                elapsed = time.perf_counter() - started
+                state["samples"] += samples
+                state["train_seconds"] += elapsed
+                window.add(loss, samples, elapsed)
+                step = state["step"]
+                self.report(self.diagnostics.observe_loss(step, loss, grad_norm))
+                if any(e["level"] == "error" for e in self.events):
+                    raise TrainingDivergedError(next(e["message"] for e in self.events if e["level"] == "error"))
+                lr = self.scheduler.get_last_lr()[0]
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", samples_s=f"{samples / max(elapsed, 1e-9):.2f}")
+                bar.update(1)
+                at_end = step == config.max_steps
+                if self.main and (step % config.logging_steps == 0 or at_end):
+                    self.train_log.write({"step": step, "epoch": state["epoch"], **window.flush(), "learning_rate": lr,
+                                          "grad_norm": grad_norm, "samples": state["samples"],
+                                          "elapsed": state["train_seconds"]})
+                if step % config.eval_steps == 0 or at_end:
+                    stop = self.record_eval(step, self.evaluate())
+                if step % config.save_steps == 0 or step % config.eval_steps == 0 or at_end or stop:
+                    self.save(step)
+        finally:
+            bar.close()
+        return self._result()
+
+    def average_checkpoints(self) -> tuple[Path, int, list[int]] | None:
+        """Average the last ``average_last`` evaluated checkpoints; when the average's eval CER beats the best
+        checkpoint's, write it as a checkpoint under ``averaged/`` and return (its root, its step, the steps
+        averaged). None when it does not win (the best checkpoint is exported as usual)."""
+        from safetensors.torch import load_file
+
+        steps = [s for s in self.state.get("evaluated", [])
+                 if ckpt.is_complete(ckpt.checkpoint_dir(self.ckpt_root, s))][-self.config.average_last:]
+        if len(steps) < 2:
+            return None
+        states = [load_file(str(ckpt.checkpoint_dir(self.ckpt_root, s) / "trainable.safetensors")) for s in steps]
+        average = {name: torch.stack([st[name].float() for st in states]).mean(0).to(states[0][name].dtype)
+                   for name in states[0]}
+        params = dict(self.unwrapped.named_parameters())
+        with torch.no_grad():
+            for name, tensor in average.items():
+                params[name].copy_(tensor)
+        result = self.evaluate()
+        won = result is not None and result.cer < self.state["best_cer"]
+        if self.main:
+            self.train_log.write({"step": self.state["step"], "averaged": steps, **result.to_row()})
+            self.report([Event("info", "averaged", self.state["step"],
+                               f"average of steps {', '.join(map(str, steps))}: eval CER {result.cer:.2%} against the "
+                               f"best checkpoint's {self.state['best_cer']:.2%}; "
+                               + ("exporting the average." if won else "exporting the best checkpoint."))])
+        if not won:
+            return None
+        self.state["best_cer"] = result.cer
+        root = self.out_dir / "averaged"
+        step = self.state["step"]
+        if self.main:
+            from safetensors.torch import save_file
+
+            ckpt.write_checkpoint(root, step, lambda tmp: save_file(average, str(tmp / "trainable.safetensors")),
+                                  meta={"averaged": steps})
+        self.accelerator.wait_for_everyone()
+        return root, step, steps
+
+    def _result(self) -> FinetuneResult:
+        state = self.state
+        if self.main:
+            self.train_log.write({"step": state["step"], "event": "finished", "level": "info",
+                                  "message": f"best CER {state['best_cer']:.2%} at step {state['best_step']}"})
+        return FinetuneResult(self.out_dir, state["step"], state["best_step"], state["best_cer"], state["initial_cer"],
+                              history=self.train_log.rows() if self.main else [], events=self.events,
+                              resumed_from=int(self.resume_from.name.split("-")[1]) if self.resume_from else None,
+                              samples_per_second=state["samples"] / max(state["train_seconds"], 1e-9),
+                              train_seconds=state["train_seconds"])
+
+
+class _LogWindow:
+    """Train loss and throughput (samples per second of training, evals and saves left out) between log lines."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.samples = 0
+        self.seconds = 0.0
+
+    def add(self, loss: float, samples: int, seconds: float) -> None:
+        self.losses.append(loss)
+        self.samples += samples
+        self.seconds += seconds
+
+    def flush(self) -> dict[str, float]:
+        row = {"loss": float(np.mean(self.losses)), "samples_per_second": self.samples / max(self.seconds, 1e-9)}
+        self.losses, self.samples, self.seconds = [], 0, 0.0
+        return row
 
 
 # ---------------------------------------------------------------------------------------------- export
