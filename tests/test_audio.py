@@ -247,3 +247,19 @@ def test_cli_refuses_truncated_input_unless_allowed(tmp_path, clip, capsys):
     assert done.stdout.strip() and "\u5176\u4e2d" in done.stdout  # 其中, the clip's first words
     warning = done.stderr.strip().splitlines()
     assert len(warning) == 1 and str(path) in warning[0] and f"decoded {decoded:.1f} s of the {declared:.1f} s" in warning[0]
+
+
+def test_cli_truncation_warning_stands_on_its_own_line_beside_the_progress_bar(tmp_path, clip):
+    # The progress bar redraws its line with \r; a warning logged while it is drawn used to be glued to the end of
+    # the bar ("0/1 files:   0%|...|WARNING ..."), where a user reading the terminal or a log does not find it.
+    path = tmp_path / "cut.flac"
+    sf.write(path, clip, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    done = subprocess.run(
+        [sys.executable, "-m", "whisper_zh", "transcribe", str(path), "--beam-size", "1", "--allow-truncated"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    pieces = [piece.strip() for piece in done.stderr.replace("\r", "\n").splitlines()]
+    warnings = [piece for piece in pieces if "truncated" in piece]
+    assert len(warnings) == 1 and warnings[0].startswith(f"WARNING whisper_zh.audio: {path}: truncated"), warnings

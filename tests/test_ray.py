@@ -61,6 +61,22 @@ def test_store_skips_complete_inputs_and_ignores_half_written_shards(tmp_path):
         store.claim({"model": "large-v3"})
 
 
+def test_a_shard_row_holds_the_json_formats_content():
+    # The README: a shard row's `transcription` is the json format's content. It used to be the raw dataclass
+    # dict, with "tokens": [] and "words": null in every segment, which the json format leaves out.
+    from whisper_zh.results import Word
+    from whisper_zh.writers import format_transcription
+
+    bare = Transcription("a.wav", [Segment(0, 0.0, 1.0, "你好。", -0.2, 0.1, 1.0)], "zh", 1.5)
+    timed = Transcription("b.wav", [Segment(0, 0.0, 1.0, "你好。", -0.2, 0.1, 1.0,
+                                            words=[Word(0.0, 0.5, "你", 0.9), Word(0.5, 1.0, "好。", 0.8)])], "zh", 1.5)
+    for transcription in (bare, timed):
+        line = Outcome(transcription.source, "a", 1.5, transcription).to_json()
+        assert json.loads(line)["transcription"] == json.loads(format_transcription(transcription, "json"))
+        assert Outcome.from_json(line).transcription == transcription  # and it reads back as it was
+    assert '"tokens"' not in Outcome("a.wav", "a", 1.5, bare).to_json()
+
+
 def test_shard_of_the_same_group_is_replaced_not_duplicated(tmp_path):
     store = ResultStore(tmp_path)
     group = [Outcome("a.wav", "a", 1.5, _transcription("你好"))]

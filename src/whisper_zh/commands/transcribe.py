@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from whisper_zh.audio import audio_duration
 from whisper_zh.commands.common import add_model_arguments, decode_options, ensure_writable, load_transcriber
@@ -97,26 +98,28 @@ def run(args: argparse.Namespace) -> int:
     written = _Outputs()
     audio_seconds = 0.0
     multiple = len(sources) > 1
-    for index, result in transcriber.transcribe_iter(
-        sources, options, on_progress=lambda s: bar.update(round(s, 1)), allow_truncated=args.allow_truncated
-    ):
-        source = sources[index]
-        done += 1
-        bar.set_description(f"{done}/{len(sources)} files")
-        if isinstance(result, AudioError):
-            failures += 1
-            tqdm.write(f"error: {result}", file=sys.stderr)
-            continue
-        audio_seconds += result.duration
-        tqdm.write(f"[{source}] {result.text}" if multiple else result.text, file=sys.stdout)
-        if output_dir is not None:
-            try:
-                written.write(source, output_dir / f"{inputs.files[index].output}.{args.format}",
-                              format_transcription(result, args.format, cues))
-            except (OSError, UsageError) as exc:
+    # Warnings logged while the bar is drawn (a truncated file) go above it, on a line of their own.
+    with logging_redirect_tqdm():
+        for index, result in transcriber.transcribe_iter(
+            sources, options, on_progress=lambda s: bar.update(round(s, 1)), allow_truncated=args.allow_truncated
+        ):
+            source = sources[index]
+            done += 1
+            bar.set_description(f"{done}/{len(sources)} files")
+            if isinstance(result, AudioError):
                 failures += 1
-                reason = exc.strerror or exc if isinstance(exc, OSError) else exc
-                tqdm.write(f"error: {source}: cannot write output ({reason})", file=sys.stderr)
+                tqdm.write(f"error: {result}", file=sys.stderr)
+                continue
+            audio_seconds += result.duration
+            tqdm.write(f"[{source}] {result.text}" if multiple else result.text, file=sys.stdout)
+            if output_dir is not None:
+                try:
+                    written.write(source, output_dir / f"{inputs.files[index].output}.{args.format}",
+                                  format_transcription(result, args.format, cues))
+                except (OSError, UsageError) as exc:
+                    failures += 1
+                    reason = exc.strerror or exc if isinstance(exc, OSError) else exc
+                    tqdm.write(f"error: {source}: cannot write output ({reason})", file=sys.stderr)
     bar.close()
     wall = time.perf_counter() - started
     if not args.quiet:

@@ -25,6 +25,7 @@ from typing import Any
 from whisper_zh.errors import UsageError
 from whisper_zh.files import atomic_write_text
 from whisper_zh.results import Segment, Transcription, Word
+from whisper_zh.writers import format_transcription
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ class Outcome:
     def to_json(self) -> str:
         row: dict[str, Any] = {"key": self.key, "name": self.name, "duration": round(self.duration, 3)}
         if self.transcription is not None:
-            row["transcription"] = self.transcription.to_dict()
+            # the json format's content, as the README says (no empty "tokens" or "words" fields)
+            row["transcription"] = json.loads(format_transcription(self.transcription, "json"))
         else:
             row["error"] = self.error or "unknown error"
         return json.dumps(row, ensure_ascii=False)
@@ -60,7 +62,8 @@ class Outcome:
 
 
 def transcription_from_dict(data: dict[str, Any]) -> Transcription:
-    """The inverse of :meth:`Transcription.to_dict` (the text is rebuilt from the segments, as it was made)."""
+    """The inverse of the json format (:meth:`Transcription.to_dict` less its empty fields; the text is rebuilt
+    from the segments, as it was made)."""
     segments = []
     for fields in data["segments"]:
         fields = dict(fields)

@@ -1,0 +1,28 @@
+"""The benchmark scripts the README tells users to run start what they say they start (cheap checks of the
+command lines they build; the benchmarks themselves take minutes and are run by hand)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from whisper_zh.cli import build_parser
+from whisper_zh.commands.serve import _live_limits
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_serve_load_starts_a_server_that_the_serve_command_accepts():
+    # The README's command is `bench/serve_load.py ... --queue 4`. The server's default --max-streams is 4 and must
+    # stay below --max-queue, so the bench's server used to exit at start-up with a usage error.
+    argv = _bench("serve_load").serve_arguments("base", 8000, 4, 8)
+    args = build_parser().parse_args(argv)
+    assert argv[0] == "serve" and args.max_queue == 4
+    _live_limits(args)  # raises UsageError when the server would refuse to start
