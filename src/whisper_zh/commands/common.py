@@ -53,7 +53,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-pack", action="store_true",
         help="decode each short clip on its own window: its text then never depends on the other inputs "
-        "(about 2.7x slower on many short clips)",
+        "(2.5-3.5x the CPU time on many short clips)",
     )
 
 
