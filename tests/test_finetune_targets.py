@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from whisper_zh.decoding import DEFAULT_ZH_PROMPT
 from whisper_zh.training.augment import Augmenter, add_noise, change_speed
 from whisper_zh.training.features import (
     PACK_GAP_SECONDS,
@@ -23,7 +24,7 @@ from whisper_zh.training.splits import stratified_split
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aishell1-sample-S0150"
 needs_data = pytest.mark.skipif(not (DATA / "manifest.jsonl").is_file(), reason=f"shared clips not found at {DATA}")
-PROMPT = "以下是普通话的句子。"
+PROMPT = DEFAULT_ZH_PROMPT
 
 
 @pytest.fixture(scope="module")

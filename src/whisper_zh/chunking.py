@@ -12,7 +12,6 @@ back out.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +19,7 @@ import numpy as np
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.decoding import compression_ratio
 from whisper_zh.engines.base import RawSegment, RawWord
+from whisper_zh.normalize import CJK_CHAR
 from whisper_zh.vad import SPEECH_PAD, Span, cut_at_pauses, speech_regions
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,6 @@ PACK_SLACK = 0.15
 # two characters. Otherwise words fell out at the boundary, and the clip is decoded again on its own.
 COVER_SLACK = 0.8
 WORD_SECONDS = 1.0
-_CJK = re.compile(r"\s*[\u3400-\u9fff\uf900-\ufaff]")
 _SENTENCE_MARKS = ("。", "？", "！", "?", "!", "…", "”", "」")
 _OPEN_MARKS = "，、,;；：:"
 
@@ -185,7 +184,7 @@ def _closed(words: tuple[RawWord, ...]) -> tuple[RawWord, ...]:
     packed without this, 80 %, the rest with ， or nothing)."""
     last = words[-1]
     text = last.text.rstrip()
-    if not any(_CJK.match(w.text) for w in words) or text.endswith(_SENTENCE_MARKS):
+    if not any(CJK_CHAR.search(w.text) for w in words) or text.endswith(_SENTENCE_MARKS):
         return words
     text = text.rstrip(_OPEN_MARKS) + "。"
     return (*words[:-1], RawWord(last.start, last.end, text, last.probability))

@@ -33,12 +33,13 @@ import numpy as np
 
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.decoding import DecodeOptions
+from whisper_zh.normalize import SENTENCE_MARKS
 from whisper_zh.results import Segment, Transcription, Word, join_texts
 from whisper_zh.vad import VAD_OPTIONS, Span, speech_regions
 
 # Silero pads every speech region by this much on each side (seconds); pauses are measured without it.
 VAD_PAD = VAD_OPTIONS.speech_pad_ms / 1000
-SENTENCE_END = frozenset("。！？!?；;…")
+SENTENCE_END = frozenset(SENTENCE_MARKS)
 # A unit of a new decode that starts this much before the last committed unit ends may still be new (the
 # aligner's times wobble from one decode to the next); older units are text already committed.
 TIME_SLACK = 0.1

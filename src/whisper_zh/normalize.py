@@ -48,6 +48,8 @@ CJK_RANGES = (
     "\U00020000-\U0003134f"  # extensions B-G
 )
 CJK_CHAR = re.compile(f"[{CJK_RANGES}]")
+# Marks that end a sentence (or a clause as strong): where segments, subtitle cues and live commits may end.
+SENTENCE_MARKS = "。！？!?；;…"
 _SPACE_NEAR_CJK = re.compile(f"(?<=[{CJK_RANGES}])\\s+|\\s+(?=[{CJK_RANGES}])")
 _SPACES = re.compile(r"\s+")
 _EXTRA_PUNCTUATION = frozenset("~^|`")

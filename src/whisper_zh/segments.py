@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from whisper_zh.decoding import DecodeOptions, compression_ratio, cut_repetition_loop
 from whisper_zh.engines.base import RawSegment, RawWord
-from whisper_zh.normalize import chinese_punctuation, convert_script
+from whisper_zh.normalize import SENTENCE_MARKS, chinese_punctuation, convert_script
 from whisper_zh.results import Segment, Word, join_texts
 from whisper_zh.vad import Span
 
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 # A silence between two words at least this long ends a segment (a sentence the model left unpunctuated);
 # shorter pauses are clause pauses, where subtitle cues may still be cut (see whisper_zh.subtitles).
 PAUSE_SECONDS = 0.8
-SENTENCE_END = tuple("。！？!?；;…")
+SENTENCE_END = tuple(SENTENCE_MARKS)
 # Shortest time span a segment or word is given when the aligner returns none (seconds; also the rounding step).
 MIN_SPAN = 0.01
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from whisper_zh.normalize import SENTENCE_MARKS
 from whisper_zh.results import Segment, Transcription
 from whisper_zh.wordseg import word_boundaries
 
-STRONG_BREAK = "。！？；!?;…"  # sentence ends: the best places to cut
+STRONG_BREAK = SENTENCE_MARKS  # sentence ends: the best places to cut
 WEAK_BREAK = "，、：,:—"  # clause marks: good places to cut
 # Score of a cut: a sentence end or a clause mark counts as this many seconds of pause.
 STRONG_BONUS, WEAK_BONUS = 1.0, 0.5

@@ -31,6 +31,7 @@ from whisper_zh.decoding import DecodeOptions, compression_ratio
 from whisper_zh.engines import Decoded, Decoder, Engine, RawSegment, load_decoder
 from whisper_zh.errors import AudioError, UsageError
 from whisper_zh.models import resolve_model
+from whisper_zh.normalize import CJK_RANGES
 from whisper_zh.results import Transcription
 from whisper_zh.segments import Piece, build_segments
 from whisper_zh.vad import Span, load_detector, speech_regions
@@ -357,7 +358,7 @@ CONTEXT_CHARS = 200
 # Faster than anyone reads aloud: the shared clips' fastest speaker says under 6 characters a second; English
 # runs at about 3 words a second. A unit is a Chinese character or a word of letters or digits.
 MAX_UNITS_PER_SECOND = 8.0
-_SPOKEN_UNIT = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W\u3400-\u9fff\uf900-\ufaff]+")
+_SPOKEN_UNIT = re.compile(f"[{CJK_RANGES}]|[^\\W{CJK_RANGES}]+")
 
 
 class _Pack:
