@@ -169,11 +169,11 @@ def test_openai_client_lists_models_and_maps_errors(server, manifest):
 
 
 def test_translation_to_english(server, manifest):
-    clip = manifest[CLIP_IDS[0]]  # the shortest: base's English has low log-probs, so fallback re-decodes it
-    with open(clip["path"], "rb") as f:
+    # W0013 is one base translates confidently at temperature 0; most clips fall back to sampling, whose text
+    # differs between CPUs (one CI machine got "they are" followed by Chinese)
+    with open(manifest["BAC009S0150W0013"]["path"], "rb") as f:
         result = _openai(server).audio.translations.create(model="whisper-1", file=f)
-    letters = [c for c in result.text if c.isalpha()]
-    assert letters and sum(c.isascii() for c in letters) / len(letters) > 0.9, result.text
+    assert len(result.text.split()) >= 5 and result.text.isascii(), result.text
 
 
 def test_concurrent_requests_share_one_batched_decode(server, manifest):
