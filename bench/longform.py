@@ -10,7 +10,8 @@ Systems, each in its own subprocess (own CPU seconds and peak RSS):
 Reported per recording and system: CER (plain normaliser; 95 % CI by bootstrap over sentences), sentences out of
 order, invalid cues (end <= start, overlapping, outside the audio), cue lengths (seconds, characters) and the share
 within the subtitle limits, cue-edge distance to the nearest clip edge (median, p95), punctuation marks per 100
-characters, wall and CPU seconds, real-time factor, peak RSS. faster-whisper's segments are its cues.
+characters, wall and CPU seconds (and CPU against fw-vad's), real-time factor, peak RSS; whisper-zh's CER minus each
+peer's, paired over the same sentences (bootstrap 95 % CI). faster-whisper's segments are its cues.
 
 Run: .venv/bin/python bench/longform.py [--padded-minutes 10] [--only continuous]
 """
@@ -141,6 +142,16 @@ def cer_with_ci(errors: list[int], lengths: list[int], resamples: int = 1000) ->
     return float(e.sum() / n.sum()), float(np.percentile(rates, 2.5)), float(np.percentile(rates, 97.5))
 
 
+def paired_difference(a: tuple[list[int], list[int]], b: tuple[list[int], list[int]],
+                      resamples: int = 1000) -> tuple[float, float, float]:
+    """CER of ``a`` minus CER of ``b`` in points, with a 95 % CI from one bootstrap over the same sentences."""
+    ea, eb, n = np.array(a[0]), np.array(b[0]), np.array(a[1])
+    picks = np.random.default_rng(0).integers(0, len(n), size=(resamples, len(n)))
+    diffs = 100 * (ea[picks].sum(axis=1) - eb[picks].sum(axis=1)) / n[picks].sum(axis=1)
+    return 100 * float((ea.sum() - eb.sum()) / n.sum()), float(np.percentile(diffs, 2.5)), float(
+        np.percentile(diffs, 97.5))
+
+
 def order_errors(refs: list[str], hyp: str) -> int:
     """Sentences found out of order: each reference sentence is located in the hypothesis on its own (fuzzy
     match); those located (similarity >= 70) minus the longest run in increasing position are out of order.
@@ -226,8 +237,8 @@ def measure(kind: str, padded_minutes: float, work: Path) -> None:
           + (" joined end to end (continuous speech)" if kind == "continuous" else " with 0.4-1.6 s of silence added"))
     print("| system | CER [95% CI] | out of order | invalid cues | cues within limits | cue s median/max | "
           "cue chars median/max | cue-edge error median/p95 s | punct/100 chars | wall s | CPU s | RTF | "
-          "speed vs fw-vad (wall) | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "speed vs fw-vad (wall) | CPU vs fw-vad | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     results = {system: in_subprocess(system, wav) for system in SYSTEMS}
     for system, r in results.items():
         rate, low, high = cer_with_ci(*sentence_errors(refs, r["text"]))
@@ -238,7 +249,12 @@ def measure(kind: str, padded_minutes: float, work: Path) -> None:
               f"{cues['chars_max']} | {cues['edge_median']:.2f} / {cues['edge_p95']:.2f} | "
               f"{punctuation_rate(r['text']):.2f} | {r['seconds']:.1f} | {r['cpu_seconds']:.0f} | "
               f"{r['seconds'] / duration:.3f} | {results['fw-vad']['seconds'] / r['seconds']:.2f}x | "
-              f"{r['peak_rss_mb']:.0f} |")
+              f"{r['cpu_seconds'] / results['fw-vad']['cpu_seconds']:.2f}x | {r['peak_rss_mb']:.0f} |")
+    ours = sentence_errors(refs, results["whisper-zh"]["text"])
+    for peer in SYSTEMS[1:]:
+        diff, low, high = paired_difference(ours, sentence_errors(refs, results[peer]["text"]))
+        print(f"\nwhisper-zh minus {peer}, CER paired over the same sentences: {diff:+.2f} points "
+              f"[{low:+.2f}, {high:+.2f}]")
     short = short_clip_rate(clips, wav)
     long = punctuation_rate(results["whisper-zh"]["text"])
     print(f"\nwhisper-zh punctuation: {long:.2f} per 100 characters on the recording, {short:.2f} on the same clips "

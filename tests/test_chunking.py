@@ -109,6 +109,17 @@ def test_long_audio_is_cut_where_voice_activity_pauses(example_clips):
     assert spans[0].end <= first_part + 1.0 and spans[1].start >= first_part + 4.0
 
 
+def test_a_long_recording_has_one_stream_per_batch_row_and_none_shorter_than_two_minutes(example_clips):
+    """Each stream ends in a part-filled window: a recording is cut into as many streams as a batch decodes
+    together, not into fixed two-minute stretches (which cost a 9-minute recording two extra windows)."""
+    from tests.media import read_flac
+
+    speech = read_flac(example_clips[1]["path"])
+    file = AudioFile(0, "joined", np.concatenate([speech] * 40))  # 288 s of continuous speech
+    counts = {n: len(stream_spans(file, use_vad=True, streams=n)) for n in (1, 2, 8)}
+    assert counts == {1: 1, 2: 2, 8: 3}, counts
+
+
 @pytest.mark.parametrize(("last", "expected"), [("问题，", "今天问题。"), ("好吗？", "今天好吗？"), ("下雨", "今天下雨。")])
 def test_a_packed_chinese_clip_ends_with_a_sentence_mark(last, expected):
     (pack,) = make_packs([clip(0, 4.0), clip(1, 4.0)])

@@ -25,10 +25,16 @@ from whisper_zh.vad import SPEECH_PAD, Span, cut_at_pauses, speech_regions
 logger = logging.getLogger(__name__)
 
 CHUNK_SECONDS = 30.0
-# Long recordings are decoded as streams of consecutive windows over stretches of about STREAM_SECONDS, cut
-# where the speech pauses; a silence longer than STREAM_MAX_GAP is left out. Streams are decoded side by side in
-# batches, so a long recording still fills a batch; inside a stream, each window is prompted with the text before.
+# Long recordings are decoded as streams of consecutive windows, cut where the speech pauses; a silence longer
+# than STREAM_MAX_GAP is left out. Streams are decoded side by side in batches, so a long recording still fills a
+# batch; inside a stream, each window is prompted with the text before. A recording has as many streams as a batch
+# has windows, none shorter than STREAM_SECONDS: each stream ends in a part-filled window that costs a whole
+# encoder pass (120 s streams gave a 9-minute recording 5 streams, 23 windows where one stream needs 21), and a
+# batch of 4 over 5 streams decodes the fifth on its own.
 STREAM_SECONDS = 120.0
+# Greedy cutting at pauses makes stretches a little shorter than the target; this much slack (seconds) keeps the
+# count at one stream per batch row.
+STREAM_SLACK = 15.0
 STREAM_MAX_GAP = 3.0
 # Nothing shorter than this is worth a window of its own (seconds).
 MIN_WINDOW = 0.2
@@ -97,13 +103,14 @@ class Window:
         return [(self.file, self.duration)]
 
 
-def stream_spans(file: AudioFile, *, use_vad: bool) -> list[Span]:
+def stream_spans(file: AudioFile, *, use_vad: bool, streams: int = 1) -> list[Span]:
     """The stretches of a recording to decode, each as one stream of consecutive windows (see the transcriber).
     Sets ``file.regions`` (where the speech is) when VAD runs.
 
     A recording of up to 30 s, or any recording without VAD, is one stretch. A longer one is cut at pauses into
-    stretches of about STREAM_SECONDS, and silences longer than STREAM_MAX_GAP are left out: they hold no speech,
-    and long silence inside a window invites hallucinated text. [] when VAD finds no speech at all."""
+    about ``streams`` stretches of at least STREAM_SECONDS, and silences longer than STREAM_MAX_GAP are left out:
+    they hold no speech, and long silence inside a window invites hallucinated text. [] when VAD finds no speech
+    at all."""
     if not use_vad:
         return [Span(0.0, file.duration)]
     file.regions = speech_regions(file.audio)
@@ -112,7 +119,8 @@ def stream_spans(file: AudioFile, *, use_vad: bool) -> list[Span]:
     if not file.regions:
         logger.info("%s: no speech found by voice activity detection", file.source)
         return []
-    spans = cut_at_pauses(file.regions, file.duration, STREAM_SECONDS, max_gap=STREAM_MAX_GAP)
+    longest = max(STREAM_SECONDS, file.duration / max(streams, 1) + STREAM_SLACK)
+    spans = cut_at_pauses(file.regions, file.duration, longest, max_gap=STREAM_MAX_GAP)
     return [s for s in spans if s.duration >= MIN_WINDOW]
 
 

@@ -179,7 +179,7 @@ class _Run:
         for file in packable:  # where each clip's speech is, to tell whether its words all came back
             file.regions = speech_regions(file.audio) if self.options.vad else None
         tasks: list[_Task] = [self._stream(f, span) for f in files if f not in packable
-                              for span in stream_spans(f, use_vad=self.options.vad)]
+                              for span in stream_spans(f, use_vad=self.options.vad, streams=self.options.batch_size)]
         tasks += [_Pack(window) for window in make_packs(packable)]
         pieces: dict[AudioFile, list[Piece]] = {f: [] for f in files}
         redo: list[AudioFile] = []
