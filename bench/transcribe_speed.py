@@ -7,7 +7,8 @@ Systems (each in its own subprocess, so each reports its own peak RSS):
   hf-pipeline    the Transformers ASR pipeline on the same weights converted to Transformers (float32, beam 5),
                  on the first --hf-clips clips only (it is slow on a CPU)
 All are scored with the same normaliser (whisper_zh.normalize.TextNormalizer(): width, Traditional->Simplified,
-lower-case, punctuation and whitespace removed). Then the long-form check, bench/longform.py: a 9-minute file of
+lower-case, punctuation and whitespace removed), and again with numbers normalised (numbers="arabic": 二十九 and
+29 score alike, so number style is not counted as an error). Then the long-form check, bench/longform.py: a 9-minute file of
 continuous speech (W0300-W0399 joined end to end) and a ~10-minute one of news clips joined with 0.4-1.6 s pauses
 (--long-minutes; 0 skips both), whisper-zh against faster-whisper in the same run.
 
@@ -102,11 +103,11 @@ def in_subprocess(system: str, paths: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def score(refs: list[str], hyps: list[str]):
+def score(refs: list[str], hyps: list[str], numbers: str = "off"):
     from whisper_zh.metrics import cer
     from whisper_zh.normalize import TextNormalizer
 
-    return cer(refs, hyps, normalizer=TextNormalizer(), n_resamples=1000)
+    return cer(refs, hyps, normalizer=TextNormalizer(numbers=numbers), n_resamples=1000)
 
 
 def long_form(minutes: float) -> None:
@@ -142,19 +143,20 @@ def main() -> int:
     base = results["fw-sequential"]["seconds"] / audio_seconds
     base_cpu = results["fw-sequential"]["cpu_seconds"] / audio_seconds
     print(
-        "| system | clips | CER [95% CI] | S/D/I | wall s | real-time factor | speed vs fw-sequential (wall) "
+        "| system | clips | CER [95% CI] | S/D/I | CER, numbers normalised [95% CI] | wall s | real-time factor | speed vs fw-sequential (wall) "
         "| CPU s | speed vs fw-sequential (CPU) | peak RSS MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, result in results.items():
         n = len(result["texts"])
         audio = sum(r["duration"] for r in data[:n])
         s = score(refs[:n], result["texts"])
+        sn = score(refs[:n], result["texts"], numbers="arabic")
         rtf = result["seconds"] / audio
         cpu_rate = result["cpu_seconds"] / audio
         print(
             f"| {name} | {n} | {s.rate:.2%} [{s.ci_low:.2%}, {s.ci_high:.2%}] | {s.substitutions}/{s.deletions}/"
-            f"{s.insertions} | {result['seconds']:.1f} | {rtf:.4f} | {base / rtf:.2f}x | {result['cpu_seconds']:.0f} "
+            f"{s.insertions} | {sn.rate:.2%} [{sn.ci_low:.2%}, {sn.ci_high:.2%}] | {result['seconds']:.1f} | {rtf:.4f} | {base / rtf:.2f}x | {result['cpu_seconds']:.0f} "
             f"| {base_cpu / cpu_rate:.2f}x | {result['peak_rss_mb']:.0f} |"
         )
     if args.long_minutes > 0:

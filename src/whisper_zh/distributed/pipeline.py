@@ -135,6 +135,13 @@ def run_job(
     return summary
 
 
+# A Ray started here serves one job: no idle workers started ahead of the actors (Ray starts one per CPU and
+# whisper-zh's actors start their own processes) and no metrics export (nothing scrapes it). On 2 cores Ray's own
+# processes cost 69 CPU s in a 500-clip job with these on (bench/RESULTS.md, "Many machines").
+LOCAL_RAY_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False,
+                    "enable_metrics_collection": False}
+
+
 @contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
     """Join the cluster at ``address``, or start Ray on this machine when ``address`` is None. A session that
@@ -146,8 +153,8 @@ def ray_session(address: str | None) -> Iterator[None]:
         return
     try:
         # "local": a new Ray on this machine, even where RAY_ADDRESS or another job's cluster would be found.
-        ray.init(address=address or "local", logging_level=logging.WARNING, configure_logging=False,
-                 include_dashboard=False if address is None else None)
+        local = {"include_dashboard": False, "_system_config": LOCAL_RAY_CONFIG} if address is None else {}
+        ray.init(address=address or "local", logging_level=logging.WARNING, configure_logging=False, **local)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise UsageError(f"--ray {address or ''}: cannot start or reach Ray ({_first_line(exc)})") from exc
     try:
