@@ -56,3 +56,21 @@ def transcriber():
     from whisper_zh import Transcriber
 
     return Transcriber("base")
+
+
+@pytest.fixture(scope="session")
+def base_tokenizer():
+    """The embedded base's Transformers tokenizer (what fine-tuning builds its labels with)."""
+    from whisper_zh.hf import load_tokenizer
+    from whisper_zh.models import embedded_model_dir
+
+    return load_tokenizer(embedded_model_dir())
+
+
+@pytest.fixture(scope="session")
+def training_clips() -> list:
+    """Three shared news clips (W0201-W0203) as fine-tuning utterances; skips when shared data is absent."""
+    from whisper_zh.training.features import load_utterances
+
+    shared_rows()  # skips without the shared data
+    return load_utterances(SHARED_DATA / "manifest.jsonl")[200:203]

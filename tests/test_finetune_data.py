@@ -19,7 +19,6 @@ from whisper_zh.training.features import (
     ExampleBuilder,
     Featurizer,
     Item,
-    load_utterances,
     plan_windows,
 )
 
@@ -29,38 +28,27 @@ needs_data = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from whisper_zh.hf import load_tokenizer
-    from whisper_zh.models import embedded_model_dir
-
-    return load_tokenizer(embedded_model_dir())
-
-
-@pytest.fixture(scope="module")
-def clips():
-    return load_utterances(DATA / "manifest.jsonl")[200:203]
 
 
 @needs_data
-def test_single_example_prefix_labels_and_simplified_target(tokenizer, clips):
-    builder = ExampleBuilder(tokenizer, Featurizer())
-    item = Item("t1", clips[0].audio, " 這是測試，好嗎？ ")  # Traditional with punctuation
+def test_single_example_prefix_labels_and_simplified_target(base_tokenizer, training_clips):
+    builder = ExampleBuilder(base_tokenizer, Featurizer())
+    item = Item("t1", training_clips[0].audio, " 這是測試，好嗎？ ")  # Traditional with punctuation
     example = builder.single(item)
-    ids = tokenizer.convert_tokens_to_ids(
+    ids = base_tokenizer.convert_tokens_to_ids(
         ["<|startoftranscript|>", "<|zh|>", "<|transcribe|>", "<|notimestamps|>"]
     )
     assert example.decoder_input_ids[:4] == ids
     assert example.labels[:3] == [-100, -100, -100]  # forced prefix carries no loss
-    assert example.labels[-1] == tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert example.labels[-1] == base_tokenizer.convert_tokens_to_ids("<|endoftext|>")
     # labels are the decoder inputs shifted by one
     assert example.labels[3:-1] == example.decoder_input_ids[4:]
-    assert tokenizer.decode(example.labels[3:-1]) == "这是测试，好吗？"
+    assert base_tokenizer.decode(example.labels[3:-1]) == "这是测试，好吗？"
 
 
 @needs_data
-def test_faster_whisper_features_pad_frames_not_audio(clips):
-    item = clips[0]
+def test_faster_whisper_features_pad_frames_not_audio(training_clips):
+    item = training_clips[0]
     fw = Featurizer("faster-whisper")(np.asarray(load_audio_array(item)))
     hf = Featurizer("transformers")(np.asarray(load_audio_array(item)))
     assert fw.shape == hf.shape == (80, 3000)
@@ -80,18 +68,18 @@ def load_audio_array(item):
 
 
 @needs_data
-def test_packed_example_marks_each_utterance_with_timestamps(tokenizer, clips):
-    builder = ExampleBuilder(tokenizer, Featurizer())
-    example = builder.packed(clips[:2])
-    t0 = tokenizer.convert_tokens_to_ids("<|0.00|>")
+def test_packed_example_marks_each_utterance_with_timestamps(base_tokenizer, training_clips):
+    builder = ExampleBuilder(base_tokenizer, Featurizer())
+    example = builder.packed(training_clips[:2])
+    t0 = base_tokenizer.convert_tokens_to_ids("<|0.00|>")
     stamps = [i - t0 for i in example.decoder_input_ids if i >= t0]
-    d0, d1 = (len(load_audio_array(c)) / 16000 for c in clips[:2])
+    d0, d1 = (len(load_audio_array(c)) / 16000 for c in training_clips[:2])
     expected = [0.0, d0, d0 + PACK_GAP_SECONDS, d0 + PACK_GAP_SECONDS + d1]
     assert stamps == [round(s / 0.02) for s in expected]
-    prefix = tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|zh|>", "<|transcribe|>"])
+    prefix = base_tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|zh|>", "<|transcribe|>"])
     assert example.decoder_input_ids[:3] == prefix and example.labels[:2] == [-100, -100]
-    text = tokenizer.decode([i for i in example.labels if i >= 0 and i < t0], skip_special_tokens=True)
-    assert text == clips[0].text + clips[1].text
+    text = base_tokenizer.decode([i for i in example.labels if i >= 0 and i < t0], skip_special_tokens=True)
+    assert text == training_clips[0].text + training_clips[1].text
     assert example.n_utterances == 2
     # the window holds both clips' audio: frames after their end (+gap) are padding
     end_frame = int((d0 + PACK_GAP_SECONDS + d1) * 100)
@@ -118,15 +106,15 @@ def test_plan_windows_packs_within_limits_and_is_deterministic():
 
 
 @needs_data
-def test_collator_pads_inputs_with_eot_and_labels_with_ignore(tokenizer, clips):
-    builder = ExampleBuilder(tokenizer, Featurizer())
-    a, b = builder.single(clips[0]), builder.single(Item("short", clips[1].audio, "好"))
-    batch = Collator(tokenizer.pad_token_id)([a, b])
+def test_collator_pads_inputs_with_eot_and_labels_with_ignore(base_tokenizer, training_clips):
+    builder = ExampleBuilder(base_tokenizer, Featurizer())
+    a, b = builder.single(training_clips[0]), builder.single(Item("short", training_clips[1].audio, "好"))
+    batch = Collator(base_tokenizer.pad_token_id)([a, b])
     assert tuple(batch["input_features"].shape) == (2, 80, 3000)
     width = len(a.labels)
     assert tuple(batch["labels"].shape) == (2, width)
     assert batch["labels"][1, len(b.labels) :].tolist() == [-100] * (width - len(b.labels))
-    assert batch["decoder_input_ids"][1, len(b.decoder_input_ids) :].tolist() == [tokenizer.pad_token_id] * (
+    assert batch["decoder_input_ids"][1, len(b.decoder_input_ids) :].tolist() == [base_tokenizer.pad_token_id] * (
         width - len(b.decoder_input_ids)
     )
     assert batch["n_utterances"] == 2

@@ -17,7 +17,6 @@ from whisper_zh.training.features import (
     Featurizer,
     Item,
     WindowDataset,
-    load_utterances,
 )
 from whisper_zh.training.punctuation import punctuation_rates, restore_punctuation
 from whisper_zh.training.splits import stratified_split
@@ -27,51 +26,40 @@ needs_data = pytest.mark.skipif(not (DATA / "manifest.jsonl").is_file(), reason=
 PROMPT = DEFAULT_ZH_PROMPT
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from whisper_zh.hf import load_tokenizer
-    from whisper_zh.models import embedded_model_dir
-
-    return load_tokenizer(embedded_model_dir())
-
-
-@pytest.fixture(scope="module")
-def clips():
-    return load_utterances(DATA / "manifest.jsonl")[200:203]
 
 
 @needs_data
-def test_prompted_window_matches_the_products_decoder_context(tokenizer, clips):
+def test_prompted_window_matches_the_products_decoder_context(base_tokenizer, training_clips):
     """<|startofprev|> + the prompt as the CTranslate2 engine encodes it, then the task prefix; no loss on either."""
     from faster_whisper.tokenizer import Tokenizer
     from tokenizers import Tokenizer as HFTokenizer
 
     from whisper_zh.models import embedded_model_dir
 
-    builder = ExampleBuilder(tokenizer, Featurizer(), prompt=PROMPT)
-    example = builder.single(clips[0])
+    builder = ExampleBuilder(base_tokenizer, Featurizer(), prompt=PROMPT)
+    example = builder.single(training_clips[0])
     fw = Tokenizer(HFTokenizer.from_file(str(embedded_model_dir() / "tokenizer.json")), True, "transcribe", "zh")
     context = [fw.sot_prev, *fw.encode(PROMPT), *fw.sot_sequence, fw.no_timestamps]  # the engine's prompt
     assert example.decoder_input_ids[: len(context)] == context
     masked = len(context) - 1
     assert example.labels[:masked] == [-100] * masked
-    assert tokenizer.decode(example.labels[masked:-1]) == clips[0].text
+    assert base_tokenizer.decode(example.labels[masked:-1]) == training_clips[0].text
     # without the prompt the window is the plain one
-    bare = builder.single(clips[0], prompted=False)
+    bare = builder.single(training_clips[0], prompted=False)
     assert bare.decoder_input_ids[:4] == list(fw.sot_sequence) + [fw.no_timestamps]
     assert bare.labels[3:] == example.labels[masked:]
 
 
 @needs_data
-def test_product_pack_form_has_no_timestamps_and_the_packing_gap(tokenizer, clips):
-    builder = ExampleBuilder(tokenizer, Featurizer(), prompt=PROMPT)
-    example = builder.packed(clips[:2], timestamps=False)
-    t0 = tokenizer.convert_tokens_to_ids("<|0.00|>")
+def test_product_pack_form_has_no_timestamps_and_the_packing_gap(base_tokenizer, training_clips):
+    builder = ExampleBuilder(base_tokenizer, Featurizer(), prompt=PROMPT)
+    example = builder.packed(training_clips[:2], timestamps=False)
+    t0 = base_tokenizer.convert_tokens_to_ids("<|0.00|>")
     assert not [i for i in example.labels if i >= t0]  # the transcriber decodes packs without timestamps
-    assert tokenizer.convert_tokens_to_ids("<|notimestamps|>") in example.decoder_input_ids
-    text = tokenizer.decode([i for i in example.labels if 0 <= i < t0], skip_special_tokens=True)
-    assert text == clips[0].text + clips[1].text
-    d0, d1 = (float(c.duration) for c in clips[:2])
+    assert base_tokenizer.convert_tokens_to_ids("<|notimestamps|>") in example.decoder_input_ids
+    text = base_tokenizer.decode([i for i in example.labels if 0 <= i < t0], skip_special_tokens=True)
+    assert text == training_clips[0].text + training_clips[1].text
+    d0, d1 = (float(c.duration) for c in training_clips[:2])
     end_frame = int((d0 + PACK_GAP_SECONDS + d1) * 100)
     assert np.all(example.input_features[:, end_frame + 2 :] == 0.0)
 
@@ -107,15 +95,15 @@ def test_speed_and_noise_augmentation():
 
 
 @needs_data
-def test_packing_plans_with_the_perturbed_durations(tokenizer, clips):
+def test_packing_plans_with_the_perturbed_durations(base_tokenizer, training_clips):
     """A clip slowed to 0.9 is longer: the plan uses that length, and the window holds the changed audio."""
-    items = [Item(f"c{i}", c.audio, c.text, c.duration) for i, c in enumerate(clips)]
+    items = [Item(f"c{i}", c.audio, c.text, c.duration) for i, c in enumerate(training_clips)]
     augmenter = Augmenter(speeds=[0.9], seed=1)
     planner = EpochPlanner([float(c.duration) for c in items], [20] * 3, packing=True, max_seconds=29, seed=1,
                            augmenter=augmenter, pack_timestamps=1.0)
     (window,) = planner(0)
-    example = WindowDataset(items, [window], ExampleBuilder(tokenizer, Featurizer()))[0]
-    t0 = tokenizer.convert_tokens_to_ids("<|0.00|>")
+    example = WindowDataset(items, [window], ExampleBuilder(base_tokenizer, Featurizer()))[0]
+    t0 = base_tokenizer.convert_tokens_to_ids("<|0.00|>")
     last = max(i for i in example.labels if i >= t0) - t0
     expected = sum(float(c.duration) / 0.9 for c in items) + 2 * PACK_GAP_SECONDS
     assert abs(last * 0.02 - expected) < 0.05
