@@ -40,7 +40,7 @@ def format_transcription(transcription: Transcription, fmt: OutputFormat, cues: 
         ]
         return "\n".join(rows) + "\n"
     if fmt == "json":
-        return json.dumps(_json(transcription), ensure_ascii=False, indent=2) + "\n"
+        return json.dumps(json_content(transcription), ensure_ascii=False, indent=2) + "\n"
     raise ValueError(f"unknown output format '{fmt}': use one of {', '.join(FORMATS)}")
 
 
@@ -55,7 +55,7 @@ def _subtitles(cues: list[Cue], fmt: str) -> str:
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
-def _json(transcription: Transcription) -> dict[str, Any]:
+def json_content(transcription: Transcription) -> dict[str, Any]:
     """The transcription as JSON: segments without empty fields (no "tokens": [] or "words": null)."""
     out = transcription.to_dict()
     for segment in out["segments"]:

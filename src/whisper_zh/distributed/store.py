@@ -25,7 +25,7 @@ from typing import Any
 from whisper_zh.errors import UsageError
 from whisper_zh.files import atomic_write_text
 from whisper_zh.results import Segment, Transcription, Word
-from whisper_zh.writers import format_transcription
+from whisper_zh.writers import json_content
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Outcome:
         row: dict[str, Any] = {"key": self.key, "name": self.name, "duration": round(self.duration, 3)}
         if self.transcription is not None:
             # the json format's content, as the README says (no empty "tokens" or "words" fields)
-            row["transcription"] = json.loads(format_transcription(self.transcription, "json"))
+            row["transcription"] = json_content(self.transcription)
         else:
             row["error"] = self.error or "unknown error"
         return json.dumps(row, ensure_ascii=False)
