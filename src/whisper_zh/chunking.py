@@ -12,7 +12,8 @@ back out.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -32,9 +33,11 @@ CHUNK_SECONDS = 30.0
 # encoder pass (120 s streams gave a 9-minute recording 5 streams, 23 windows where one stream needs 21), and a
 # batch of 4 over 5 streams decodes the fifth on its own.
 STREAM_SECONDS = 120.0
-# Greedy cutting at pauses makes stretches a little shorter than the target; this much slack (seconds) keeps the
-# count at one stream per batch row.
+# A stream may be this much longer than an even split of its recording (seconds), so that a recording gets one
+# stream per batch row, not one more for a few seconds over.
 STREAM_SLACK = 15.0
+# A stream is cut at the longest pause within this many seconds of an even split.
+STREAM_CUT_RANGE = 15.0
 STREAM_MAX_GAP = 3.0
 # Nothing shorter than this is worth a window of its own (seconds).
 MIN_WINDOW = 0.2
@@ -120,8 +123,32 @@ def stream_spans(file: AudioFile, *, use_vad: bool, streams: int = 1) -> list[Sp
         logger.info("%s: no speech found by voice activity detection", file.source)
         return []
     longest = max(STREAM_SECONDS, file.duration / max(streams, 1) + STREAM_SLACK)
-    spans = cut_at_pauses(file.regions, file.duration, longest, max_gap=STREAM_MAX_GAP)
+    stretches = cut_at_pauses(file.regions, file.duration, float("inf"), max_gap=STREAM_MAX_GAP)
+    spans = [span for stretch in stretches for span in _balanced(file.regions, stretch, longest)]
     return [s for s in spans if s.duration >= MIN_WINDOW]
+
+
+def _balanced(regions: list[Span], stretch: Span, longest: float) -> list[Span]:
+    """``stretch`` cut into the fewest streams of about equal length none longer than about ``longest``, each
+    cut at the longest pause within STREAM_CUT_RANGE of its target. A new stream starts without the text before it
+    as context, so a cut inside a sentence (where a reader draws breath) costs the words either side of it."""
+    inside = [r for r in regions if r.end > stretch.start and r.start < stretch.end]
+    count = math.ceil(stretch.duration / longest)
+    if count < 2 or len(inside) < 2:
+        return [stretch]
+    # The pause between region k-1 and k; VAD splits a short pause between two regions, so its length there is 0.
+    pauses = [(inside[k].start - inside[k - 1].end, (inside[k].start + inside[k - 1].end) / 2, k)
+              for k in range(1, len(inside))]
+    cuts: list[int] = []
+    for j in range(1, count):
+        target = stretch.start + j * stretch.duration / count
+        near = [p for p in pauses if abs(p[1] - target) <= STREAM_CUT_RANGE and (not cuts or p[2] > cuts[-1])]
+        best = max(near, key=lambda p: (p[0], -abs(p[1] - target)), default=None)
+        if best is not None:
+            cuts.append(best[2])
+    bounds = [0, *cuts, len(inside)]
+    return [Span(max(stretch.start, inside[a].start), min(stretch.end, inside[b - 1].end))
+            for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def speech_after(file: AudioFile, start: float, end: float, *, at_least: float = 0.3, padded: bool = True) -> bool:
@@ -136,6 +163,34 @@ def speech_after(file: AudioFile, start: float, end: float, *, at_least: float =
         offset = region.end - pad if region.end < file.duration else region.end
         heard += max(0.0, min(offset, end) - max(onset, start))
     return heard >= at_least
+
+
+def hold_back_last_sentence(segments: list[RawSegment], earliest: float) -> tuple[list[RawSegment], float] | None:
+    """``segments`` (of one window, with words) without their last sentence, and where that sentence starts.
+
+    For a window whose text runs into its end while the speaker goes on: Whisper closes the sentence cut by the
+    window's edge anyway, misheard or short, and the next window, which starts mid-word, is prompted with it (a
+    next window that began with the rest of 日挑万斤水泥赚钱 skipped the following sentence, which sounded like
+    it). Held back, that sentence is decoded whole by the next window. The cut falls after the last sentence
+    mark, or the last clause mark if there is none, at or after ``earliest`` seconds into the window; None when
+    there is no such mark."""
+    words = [w for s in segments for w in s.words or ()]
+    for marks in (_SENTENCE_MARKS, tuple(_OPEN_MARKS)):
+        cuts = [k for k in range(1, len(words))
+                if words[k - 1].text.rstrip().endswith(marks) and words[k].start >= earliest]
+        if cuts:
+            break
+    else:
+        return None
+    cut, left = words[cuts[-1]].start, cuts[-1]  # the first ``left`` words stay
+    kept = []
+    for segment in segments:
+        mine, left = (segment.words or ())[: max(0, left)], left - len(segment.words or ())
+        if mine:
+            text = "".join(w.text for w in mine)
+            kept.append(replace(segment, text=text, end=mine[-1].end, words=tuple(mine), tokens=(),
+                                compression_ratio=compression_ratio(text)))
+    return kept, cut
 
 
 def window_at(file: AudioFile, start: float, end: float) -> Window:

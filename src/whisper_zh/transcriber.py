@@ -21,6 +21,7 @@ from whisper_zh.chunking import (
     PACK_MAX_CLIP,
     AudioFile,
     Window,
+    hold_back_last_sentence,
     make_packs,
     speech_after,
     stream_spans,
@@ -241,9 +242,9 @@ class _Run:
         results = self.decoder.decode([w.audio for w in windows], self.options, language=language, words=words,
                                       timestamps=timestamps, contexts=[task.context for task in batch])
         copied = [i for i, (task, decoded) in enumerate(zip(batch, results, strict=True))
-                  if _copies_context(decoded.segments, task.context)]
-        if copied:  # Whisper repeated its prompt instead of listening: decode those windows without it
-            logger.debug("%d windows repeated their context; decoded again without it", len(copied))
+                  if _copies_context(decoded.segments, task.context) or task.skipped_start(decoded.segments)]
+        if copied:  # Whisper repeated its prompt, or skipped what sounded like it: decode those windows without it
+            logger.debug("%d windows repeated or skipped their context; decoded again without it", len(copied))
             again = self.decoder.decode([windows[i].audio for i in copied], self.options, language=language,
                                         words=words, timestamps=timestamps)
             for i, decoded in zip(copied, again, strict=True):
@@ -256,8 +257,8 @@ class _Run:
             silent = _is_silence(decoded.segments, self.options) or task.too_much_text(decoded.segments) or (
                 not task.heard_speech() and _no_speech(decoded.segments, self.options)
             )
-            segments = [] if silent else list(decoded.segments)
-            for file, seconds in task.advance(decoded, segments):
+            segments, progress = task.advance(decoded, [] if silent else list(decoded.segments))
+            for file, seconds in progress:
                 self._credit(file, seconds)
             yield window, segments
 
@@ -283,6 +284,11 @@ MIN_STEP = 0.1
 EARLY_STOP_SLACK = 0.3
 # Text decoded above this temperature (a fallback) is not trusted as the next window's prompt (Whisper's rule).
 PROMPT_RESET_TEMPERATURE = 0.5
+# Text that ends this close to a full window's end while speech goes on across it (half of it heard within this
+# much either side of the edge) was cut by the edge (seconds).
+EDGE_SECONDS = 0.5
+# A window's first word this late, with speech before it, means the words before it were left out (seconds).
+LATE_START = 2.0
 
 
 class _Task(Protocol):
@@ -292,12 +298,19 @@ class _Task(Protocol):
     context: str | None
     done: bool
 
-    def advance(self, decoded: Decoded, kept: list[RawSegment]) -> list[tuple[AudioFile, float]]:
-        """Take the result of ``head``; returns (recording, seconds of it decoded by this step) for progress."""
+    def advance(
+        self, decoded: Decoded, kept: list[RawSegment]
+    ) -> tuple[list[RawSegment], list[tuple[AudioFile, float]]]:
+        """Take the result of ``head``; returns the segments that are final, and (recording, seconds of it
+        decoded by this step) for progress."""
         ...
 
     def heard_speech(self) -> bool:
         """False when voice activity detection heard no speech in ``head`` (True when it did not run)."""
+        ...
+
+    def skipped_start(self, segments: Sequence[RawSegment]) -> bool:
+        """True when ``segments`` begin well after speech that ``head`` opens with (words were left out)."""
         ...
 
     def too_much_text(self, segments: Sequence[RawSegment]) -> bool:
@@ -327,9 +340,20 @@ class _Stream:
         spoken = sum(len(_SPOKEN_UNIT.findall(s.text)) for s in segments)
         return spoken > MAX_UNITS_PER_SECOND * self.head.duration + 2
 
-    def advance(self, decoded: Decoded, kept: list[RawSegment]) -> list[tuple[AudioFile, float]]:
+    def skipped_start(self, segments: Sequence[RawSegment]) -> bool:
+        # Prompted with the text before, Whisper sometimes leaves out the window's first sentence when it sounds
+        # like the end of that text (六十四岁…挑水泥 after 日挑万斤水泥), and starts several seconds in. Without
+        # VAD there is no telling speech from silence there, and a window decoded again costs little.
+        first = next((w for s in segments for w in s.words or ()), None)
+        return bool(self.context and first and first.start > LATE_START and (self.file.regions is None or speech_after(
+            self.file, self.head.offset, self.head.offset + first.start, at_least=LATE_START / 2, padded=False)))
+
+    def advance(
+        self, decoded: Decoded, kept: list[RawSegment]
+    ) -> tuple[list[RawSegment], list[tuple[AudioFile, float]]]:
         window = self.head
         step = decoded.complete if decoded.complete >= MIN_STEP else window.duration
+        kept, step = self._hold_back(kept, step)
         # Whisper sometimes ends a window after a sentence or two although speech goes on (the Mandarin prompt
         # is one short sentence): where VAD hears speech after the last segment, the next window starts there.
         last = max((s.end for s in kept), default=0.0)
@@ -348,7 +372,20 @@ class _Stream:
         )
         if not self.done:
             self.head = window_at(self.file, position, self.span.end)
-        return [(self.file, step if self.credit else 0.0)]
+        return kept, [(self.file, step if self.credit else 0.0)]
+
+    def _hold_back(self, kept: list[RawSegment], step: float) -> tuple[list[RawSegment], float]:
+        """Where the window's text runs into its end and the speaker goes on past it, its last sentence was cut
+        by the edge: leave it to the next window (chunking.hold_back_last_sentence)."""
+        window = self.head
+        edge = window.offset + window.duration
+        words = [w for s in kept for w in s.words or ()]
+        if not (words and self.span.end - edge >= MIN_WINDOW and words[-1].end >= window.duration - EDGE_SECONDS
+                and speech_after(self.file, edge - EDGE_SECONDS, edge + EDGE_SECONDS, at_least=EDGE_SECONDS,
+                                 padded=False)):
+            return kept, step
+        held = hold_back_last_sentence(kept, earliest=window.duration / 2)
+        return held if held is not None else (kept, step)
 
 
 # The previous text kept as a stream's context (the engine keeps at most half of Whisper's 448-token window).
@@ -380,9 +417,14 @@ class _Pack:
     def too_much_text(self, segments: Sequence[RawSegment]) -> bool:
         return False  # judged clip by clip when the pack is split (chunking.unpack)
 
-    def advance(self, decoded: Decoded, kept: list[RawSegment]) -> list[tuple[AudioFile, float]]:
+    def skipped_start(self, segments: Sequence[RawSegment]) -> bool:
+        return False  # judged clip by clip when the pack is split (chunking.unpack)
+
+    def advance(
+        self, decoded: Decoded, kept: list[RawSegment]
+    ) -> tuple[list[RawSegment], list[tuple[AudioFile, float]]]:
         self.done = True
-        return [(m.file, m.file.duration) for m in self.head.members]
+        return kept, [(m.file, m.file.duration) for m in self.head.members]
 
 
 def _copies_context(segments: Sequence[RawSegment], context: str | None, min_chars: int = 8) -> bool:
