@@ -1,7 +1,10 @@
 """Long-form transcription as users meet it: whisper-zh against faster-whisper on the same recordings, one run.
 
-Two recordings made of shared AISHELL-1 S0150 news clips (references known sentence by sentence):
-  continuous  W0300-W0399 joined end to end, only the clips' own silences between them (continuous speech)
+Recordings made of shared AISHELL-1 S0150 news clips (references known sentence by sentence):
+  continuous  W0300-W0399 joined end to end, only the clips' own silences between them (continuous speech);
+              --continuous W0200-W0299,W0300-W0399,W0400-W0499 makes one such recording per range and adds the
+              CER differences pooled over all of them (one file of 100 sentences moves by about 2 points with
+              where the windows fall)
   padded      news clips from W0121 on, joined with 0.4-1.6 s of added silence, up to --padded-minutes
 Systems, each in its own subprocess (own CPU seconds and peak RSS):
   whisper-zh       Transcriber("base") with the CLI's defaults, srt cues from whisper_zh.writers
@@ -13,7 +16,7 @@ within the subtitle limits, cue-edge distance to the nearest clip edge (median, 
 characters, wall and CPU seconds (and CPU against fw-vad's), real-time factor, peak RSS; whisper-zh's CER minus each
 peer's, paired over the same sentences (bootstrap 95 % CI). faster-whisper's segments are its cues.
 
-Run: .venv/bin/python bench/longform.py [--padded-minutes 10] [--only continuous]
+Run: .venv/bin/python bench/longform.py [--padded-minutes 10] [--only continuous] [--continuous RANGES]
 """
 
 from __future__ import annotations
@@ -41,13 +44,14 @@ def manifest() -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def build(kind: str, padded_minutes: float) -> tuple[np.ndarray, list[dict]]:
+def build(kind: str, padded_minutes: float, ids: str = "W0300-W0399") -> tuple[np.ndarray, list[dict]]:
     """The recording and its clips: [{"text", "start", "end"}] on the recording's timeline."""
     import soundfile as sf
 
     rows = manifest()
     if kind == "continuous":
-        chosen = [r for r in rows if "W0300" <= r["id"][-5:] <= "W0399"]
+        first, last = ids.split("-")
+        chosen = [r for r in rows if first <= r["id"][-5:] <= last]
     else:
         chosen = [r for r in rows if r["domain"] == "news"]
     rng = np.random.default_rng(0)
@@ -225,15 +229,16 @@ def short_clip_rate(clips: list[dict], wav: str) -> float:
 # -- report ------------------------------------------------------------------------------------------------
 
 
-def measure(kind: str, padded_minutes: float, work: Path) -> None:
+def measure(kind: str, padded_minutes: float, work: Path, ids: str = "W0300-W0399") -> dict[str, tuple]:
+    """Print the table of one recording; returns each system's (errors, lengths) per sentence."""
     import soundfile as sf
 
-    audio, clips = build(kind, padded_minutes)
+    audio, clips = build(kind, padded_minutes, ids)
     duration = len(audio) / 16000
-    wav = str(work / f"{kind}.wav")
+    wav = str(work / f"{kind}-{ids}.wav")
     sf.write(wav, audio, 16000)
     refs = [c["text"] for c in clips]
-    print(f"\n## {kind}: {duration / 60:.1f} min, {len(clips)} clips"
+    print(f"\n## {kind}{' ' + ids if kind == 'continuous' else ''}: {duration / 60:.1f} min, {len(clips)} clips"
           + (" joined end to end (continuous speech)" if kind == "continuous" else " with 0.4-1.6 s of silence added"))
     print("| system | CER [95% CI] | out of order | invalid cues | cues within limits | cue s median/max | "
           "cue chars median/max | cue-edge error median/p95 s | punct/100 chars | wall s | CPU s | RTF | "
@@ -250,21 +255,40 @@ def measure(kind: str, padded_minutes: float, work: Path) -> None:
               f"{punctuation_rate(r['text']):.2f} | {r['seconds']:.1f} | {r['cpu_seconds']:.0f} | "
               f"{r['seconds'] / duration:.3f} | {results['fw-vad']['seconds'] / r['seconds']:.2f}x | "
               f"{r['cpu_seconds'] / results['fw-vad']['cpu_seconds']:.2f}x | {r['peak_rss_mb']:.0f} |")
-    ours = sentence_errors(refs, results["whisper-zh"]["text"])
-    for peer in SYSTEMS[1:]:
-        diff, low, high = paired_difference(ours, sentence_errors(refs, results[peer]["text"]))
-        print(f"\nwhisper-zh minus {peer}, CER paired over the same sentences: {diff:+.2f} points "
-              f"[{low:+.2f}, {high:+.2f}]")
+    errors = {system: sentence_errors(refs, r["text"]) for system, r in results.items()}
+    print_differences(errors)
     short = short_clip_rate(clips, wav)
     long = punctuation_rate(results["whisper-zh"]["text"])
     print(f"\nwhisper-zh punctuation: {long:.2f} per 100 characters on the recording, {short:.2f} on the same clips "
           f"transcribed one by one ({long / short:.0%} of the short-clip rate).")
+    return errors
+
+
+def print_differences(errors: dict[str, tuple[list[int], list[int]]], label: str = "") -> None:
+    ours = errors["whisper-zh"]
+    for peer in SYSTEMS[1:]:
+        diff, low, high = paired_difference(ours, errors[peer])
+        print(f"\nwhisper-zh minus {peer}{label}, CER paired over the same sentences: {diff:+.2f} points "
+              f"[{low:+.2f}, {high:+.2f}]")
+
+
+def print_pooled(runs: list[dict[str, tuple[list[int], list[int]]]]) -> None:
+    """CER of each system over all continuous recordings together, and whisper-zh's paired differences."""
+    pooled = {system: ([e for run in runs for e in run[system][0]], [n for run in runs for n in run[system][1]])
+              for system in SYSTEMS}
+    print(f"\n## continuous, pooled over {len(runs)} recordings ({len(pooled['whisper-zh'][1])} sentences)")
+    for system, (errors, lengths) in pooled.items():
+        rate, low, high = cer_with_ci(errors, lengths)
+        print(f"{system}: CER {rate:.2%} [{low:.2%}, {high:.2%}]")
+    print_differences(pooled, ", pooled")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--padded-minutes", type=float, default=10.0)
     parser.add_argument("--only", choices=("continuous", "padded"))
+    parser.add_argument("--continuous", default="W0300-W0399",
+                        help="comma-separated clip-ID ranges, one continuous recording each")
     parser.add_argument("--work", default="/tmp/whisper-zh-longform", help="where the recordings are written")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -273,8 +297,12 @@ def main() -> int:
         return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    for kind in [args.only] if args.only else ["continuous", "padded"]:
-        measure(kind, args.padded_minutes, work)
+    if args.only != "padded":
+        runs = [measure("continuous", args.padded_minutes, work, ids) for ids in args.continuous.split(",")]
+        if len(runs) > 1:
+            print_pooled(runs)
+    if args.only != "continuous":
+        measure("padded", args.padded_minutes, work)
     return 0
 
 

@@ -10,6 +10,7 @@ from whisper_zh.chunking import (
     PACK_GAP,
     PACK_WINDOW,
     AudioFile,
+    hold_back_last_sentence,
     make_packs,
     stream_spans,
     unpack,
@@ -120,6 +121,21 @@ def test_a_long_recording_has_one_stream_per_batch_row_and_none_shorter_than_two
     assert counts == {1: 1, 2: 2, 8: 3}, counts
 
 
+def test_streams_are_cut_at_the_longest_pause_near_an_even_split(example_clips):
+    """A new stream starts without the text before it: cut where the speaker pauses longest, not at the last
+    pause that fits (which may fall inside a sentence)."""
+    from tests.media import read_flac
+
+    speech = read_flac(example_clips[1]["path"])
+    pause = np.zeros(int(1.5 * SR), np.float32)
+    pieces = [speech] * 18 + [pause] + [speech] * 22  # the longer pause 15 s before the middle
+    file = AudioFile(0, "joined", np.concatenate(pieces))
+    spans = stream_spans(file, use_vad=True, streams=2)
+    at = 18 * len(speech) / SR
+    assert len(spans) == 2
+    assert at - 0.5 <= spans[0].end <= at + 0.5 and at + 1.0 <= spans[1].start <= at + 2.0, spans
+
+
 @pytest.mark.parametrize(("last", "expected"), [("问题，", "今天问题。"), ("好吗？", "今天好吗？"), ("下雨", "今天下雨。")])
 def test_a_packed_chinese_clip_ends_with_a_sentence_mark(last, expected):
     (pack,) = make_packs([clip(0, 4.0), clip(1, 4.0)])
@@ -141,3 +157,24 @@ def test_a_sentence_final_word_stretched_over_the_gap_stays_with_its_clip():
              RawWord(start_b + 0.3, start_b + 2.5, "想听歌曲。", 0.9)]
     out = unpack(pack, [segment(words)])
     assert out[a].text == "爸爸去哪儿。" and out[b].text == "想听歌曲。"
+
+
+def _words(spec: str, start: float = 0.0, step: float = 1.0) -> list[RawWord]:
+    """One word per space-separated item, each ``step`` seconds long."""
+    return [RawWord(start + k * step, start + (k + 1) * step, text, 0.9) for k, text in enumerate(spec.split())]
+
+
+def test_the_sentence_a_window_edge_cut_is_left_to_the_next_window():
+    first = segment(_words("今天 下雨。 明天"))  # 0-3 s
+    second = segment(_words("也 下雨， 后天 晴", start=3.0))  # 3-7 s: the window ends inside this sentence
+    kept, cut = hold_back_last_sentence([first, second], earliest=2.0)
+    assert cut == 2.0  # the next window starts where 明天 does
+    assert [s.text for s in kept] == ["今天下雨。"] and kept[0].end == 2.0 and len(kept[0].words) == 2
+
+
+def test_without_a_sentence_mark_the_last_clause_is_held_back_and_without_any_mark_nothing():
+    kept, cut = hold_back_last_sentence([segment(_words("今天 下雨， 明天 也"))], earliest=1.0)
+    assert (cut, "".join(s.text for s in kept)) == (2.0, "今天下雨，")
+    assert hold_back_last_sentence([segment(_words("今天 下雨 明天"))], earliest=1.0) is None
+    # a mark before ``earliest`` does not count: the window must move on
+    assert hold_back_last_sentence([segment(_words("今天。 下雨 明天 也 是"))], earliest=2.0) is None
