@@ -160,7 +160,8 @@ def order_errors(refs: list[str], hyp: str) -> int:
     """Sentences found out of order: each reference sentence is located in the hypothesis on its own (fuzzy
     match); those located (similarity >= 70) minus the longest run in increasing position are out of order.
     A sentence that occurs more than once in the reference, or nearly so (the news clips repeat a passage with
-    small changes), is skipped: one match cannot say which copy it is."""
+    small changes), or that would be located inside another reference sentence (几个外地人靠小猴子卖萌挣钱 is
+    also part of an earlier headline), is skipped: one match cannot say which copy it is."""
     from rapidfuzz import fuzz
 
     from whisper_zh.normalize import TextNormalizer
@@ -168,7 +169,8 @@ def order_errors(refs: list[str], hyp: str) -> int:
     normalize = TextNormalizer()
     text = normalize(hyp)
     normal = [normalize(r) for r in refs]
-    repeated = {i for i, a in enumerate(normal) for j, b in enumerate(normal) if i != j and fuzz.ratio(a, b) >= 80}
+    repeated = {i for i, a in enumerate(normal) for j, b in enumerate(normal)
+                if i != j and (fuzz.ratio(a, b) >= 80 or (len(a) <= len(b) and fuzz.partial_ratio(a, b) >= 70))}
     positions = []
     for i, ref in enumerate(normal):
         if len(ref) < 4 or i in repeated:
@@ -197,8 +199,9 @@ def cue_report(cues: list[list], clips: list[dict], duration: float) -> dict:
                   if not (0 <= s < e <= duration + 1e-6) or (k and s < cues[k - 1][1] - 1e-6))
     seconds = np.array([e - s for s, e, _ in cues]) if cues else np.zeros(1)
     chars = np.array([len(t.replace(" ", "")) for _, _, t in cues]) if cues else np.zeros(1)
+    # durations in milliseconds, as srt and vtt write them (7.000 s may be 7.0000000001 in floating point)
     within = sum(1 for s, e, t in cues if len(t.replace(" ", "")) <= limits.max_chars
-                 and limits.min_cue_seconds - 0.05 <= e - s <= limits.max_cue_seconds)
+                 and limits.min_cue_seconds - 0.05 <= round(e - s, 3) <= limits.max_cue_seconds)
     starts, ends = np.array([c["start"] for c in clips]), np.array([c["end"] for c in clips])
     edges = np.array([np.min(np.abs(starts - s)) for s, _, _ in cues] + [np.min(np.abs(ends - e)) for _, e, _ in cues])
     return {
