@@ -2,7 +2,10 @@
 
 Systems (each in its own subprocess, so each reports its own peak RSS):
   whisper-zh     Transcriber("base").transcribe_batch: int8, beam 5, packing, batch 4, the CLI's default prompt
-                 (以下是普通话的句子。, for punctuation); whisper-zh-noprompt: the same without a prompt
+                 (以下是普通话的句子。, for punctuation); whisper-zh-noprompt: the same without a prompt;
+                 whisper-zh-untimed-packs: the same with packs decoded without timestamp tokens, as they were
+                 until 2026-11-29 (an attribution run, not a product setting: it shows what the plain CER owes
+                 to the number style of timestamped decoding, which packs use for their punctuation)
   fw-sequential  plain faster-whisper: WhisperModel(base, int8).transcribe(file, language="zh", beam_size=5), file by file
   hf-pipeline    the Transformers ASR pipeline on the same weights converted to Transformers (float32, beam 5),
                  on the first --hf-clips clips only (it is slow on a CPU)
@@ -54,8 +57,12 @@ def run_system(system: str, paths: list[str]) -> dict:
         from whisper_zh import DecodeOptions, Transcriber
         from whisper_zh.decoding import DEFAULT_ZH_PROMPT
 
-        prompts = {"whisper-zh": DEFAULT_ZH_PROMPT, "whisper-zh-noprompt": None}
-        options = DecodeOptions(initial_prompt=prompts[system], pack=True)
+        if system == "whisper-zh-untimed-packs":
+            from whisper_zh import transcriber as pipeline
+
+            pipeline._Pack.timestamps = False  # noqa: SLF001 (the attribution run described above)
+        prompts = {"whisper-zh-noprompt": None}
+        options = DecodeOptions(initial_prompt=prompts.get(system, DEFAULT_ZH_PROMPT), pack=True)
         transcriber = Transcriber("base")
         started, cpu = time.perf_counter(), cpu_seconds()
         results = transcriber.transcribe_batch(paths, options)
