@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import warnings
@@ -136,10 +137,13 @@ def run_job(
 
 
 # A Ray started here serves one job: no idle workers started ahead of the actors (Ray starts one per CPU and
-# whisper-zh's actors start their own processes) and no metrics export (nothing scrapes it). On 2 cores Ray's own
-# processes cost 69 CPU s in a 500-clip job with these on (bench/RESULTS.md, "Many machines").
+# whisper-zh's actors start their own processes), no metrics export, no per-task event records and no event-loop
+# statistics (nothing reads them: no dashboard, no state API). On 2 cores Ray's own processes cost 69 CPU s in a
+# 500-clip job with all of these on (bench/RESULTS.md, "Many machines").
 LOCAL_RAY_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False,
-                    "enable_metrics_collection": False}
+                    "enable_metrics_collection": False, "task_events_report_interval_ms": 0, "event_stats": False}
+# Nor usage statistics: with them on, Ray Data starts one more actor process to collect them.
+LOCAL_RAY_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
 @contextmanager
@@ -151,16 +155,29 @@ def ray_session(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    saved = {name: os.environ.get(name) for name in LOCAL_RAY_ENVIRONMENT}
+    if address is None:
+        os.environ.update({name: os.environ.get(name, value) for name, value in LOCAL_RAY_ENVIRONMENT.items()})
     try:
         # "local": a new Ray on this machine, even where RAY_ADDRESS or another job's cluster would be found.
         local = {"include_dashboard": False, "_system_config": LOCAL_RAY_CONFIG} if address is None else {}
         ray.init(address=address or "local", logging_level=logging.WARNING, configure_logging=False, **local)
     except (ConnectionError, ValueError, RuntimeError) as exc:
+        _restore(saved)
         raise UsageError(f"--ray {address or ''}: cannot start or reach Ray ({_first_line(exc)})") from exc
     try:
         yield
     finally:
         ray.shutdown()
+        _restore(saved)
+
+
+def _restore(environment: dict[str, str | None]) -> None:
+    for name, value in environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _pool_size(options: RayOptions, groups: int) -> int:
