@@ -5,9 +5,8 @@ The scripted decoder stands in for the model only where the model cannot be stee
 (shared clips, so voice activity detection runs for real) whose transcript is a run of distinct characters in
 time order, punctuated, and it misbehaves the ways Whisper does (early stops, broken output that needs the
 fallback, words crossing a window edge, windows decoded as silence, jittered word times, the first seconds of a
-prompted window left out). Whatever it does, the pipeline must
-never reorder or repeat text, must not lose text unless a window came back silent, and must produce valid times
-in segments and subtitle cues.
+prompted window left out). Whatever it does, the pipeline must never reorder or repeat text, must not lose text
+unless a window came back silent, and must produce valid times in segments and subtitle cues.
 """
 
 from __future__ import annotations
