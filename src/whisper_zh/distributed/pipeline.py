@@ -155,29 +155,30 @@ def ray_session(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    saved = {name: os.environ.get(name) for name in LOCAL_RAY_ENVIRONMENT}
-    if address is None:
-        os.environ.update({name: os.environ.get(name, value) for name, value in LOCAL_RAY_ENVIRONMENT.items()})
-    try:
-        # "local": a new Ray on this machine, even where RAY_ADDRESS or another job's cluster would be found.
-        local = {"include_dashboard": False, "_system_config": LOCAL_RAY_CONFIG} if address is None else {}
-        ray.init(address=address or "local", logging_level=logging.WARNING, configure_logging=False, **local)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        _restore(saved)
-        raise UsageError(f"--ray {address or ''}: cannot start or reach Ray ({_first_line(exc)})") from exc
+    with _defaults_in_environment(LOCAL_RAY_ENVIRONMENT if address is None else {}):
+        try:
+            # "local": a new Ray on this machine, even where RAY_ADDRESS or another job's cluster would be found.
+            local = {"include_dashboard": False, "_system_config": LOCAL_RAY_CONFIG} if address is None else {}
+            ray.init(address=address or "local", logging_level=logging.WARNING, configure_logging=False, **local)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise UsageError(f"--ray {address or ''}: cannot start or reach Ray ({_first_line(exc)})") from exc
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+@contextmanager
+def _defaults_in_environment(defaults: dict[str, str]) -> Iterator[None]:
+    """``defaults`` set in the environment where not set already, for the block's duration (a user's own value
+    wins and is left alone)."""
+    added = [name for name in defaults if name not in os.environ]
+    os.environ.update({name: defaults[name] for name in added})
     try:
         yield
     finally:
-        ray.shutdown()
-        _restore(saved)
-
-
-def _restore(environment: dict[str, str | None]) -> None:
-    for name, value in environment.items():
-        if value is None:
+        for name in added:
             os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 def _pool_size(options: RayOptions, groups: int) -> int:
