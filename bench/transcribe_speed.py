@@ -61,8 +61,8 @@ def run_system(system: str, paths: list[str]) -> dict:
             from whisper_zh import transcriber as pipeline
 
             pipeline._Pack.timestamps = False  # noqa: SLF001 (the attribution run described above)
-        prompts = {"whisper-zh-noprompt": None}
-        options = DecodeOptions(initial_prompt=prompts.get(system, DEFAULT_ZH_PROMPT), pack=True)
+        prompt = None if system == "whisper-zh-noprompt" else DEFAULT_ZH_PROMPT
+        options = DecodeOptions(initial_prompt=prompt, pack=True)
         transcriber = Transcriber("base")
         started, cpu = time.perf_counter(), cpu_seconds()
         results = transcriber.transcribe_batch(paths, options)

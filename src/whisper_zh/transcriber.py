@@ -241,17 +241,17 @@ class _Run:
         windows = [task.head for task in batch]
         results = self.decoder.decode([w.audio for w in windows], self.options, language=language, words=words,
                                       timestamps=timestamps, contexts=[task.context for task in batch])
-        copied = [i for i, (task, decoded) in enumerate(zip(batch, results, strict=True))
-                  if _copies_context(decoded.segments, task.context) or task.skipped_start(decoded.segments)]
-        if copied:  # Whisper repeated its prompt, or skipped what sounded like it: decode those windows without it
-            logger.debug("%d windows repeated or skipped their context; decoded again without it", len(copied))
-            again = self.decoder.decode([windows[i].audio for i in copied], self.options, language=language,
+        unprompted = [i for i, (task, decoded) in enumerate(zip(batch, results, strict=True))
+                      if _copies_context(decoded.segments, task.context) or task.skipped_start(decoded.segments)]
+        if unprompted:  # Whisper repeated its prompt, or skipped what sounded like it: decode those windows without it
+            logger.debug("%d windows repeated or skipped their context; decoded again without it", len(unprompted))
+            again = self.decoder.decode([windows[i].audio for i in unprompted], self.options, language=language,
                                         words=words, timestamps=timestamps)
-            for i, decoded in zip(copied, again, strict=True):
+            for i, decoded in zip(unprompted, again, strict=True):
                 results[i] = decoded
         for i, (task, window, decoded) in enumerate(zip(batch, windows, results, strict=True)):
             if _needs_fallback(decoded.segments, self.options):
-                context = None if i in copied else task.context
+                context = None if i in unprompted else task.context
                 decoded = self.decoder.decode_with_fallback(window.audio, self.options, language=language,
                                                             words=words, timestamps=timestamps, context=context)
             silent = _is_silence(decoded.segments, self.options) or task.too_much_text(decoded.segments) or (
