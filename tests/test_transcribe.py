@@ -53,6 +53,18 @@ def test_packed_and_unpacked_decoding_agree(transcriber, news_rows):
     assert abs(cer(refs, [r.text for r in packed]).rate - cer(refs, [r.text for r in alone]).rate) < 0.05
 
 
+@pytest.mark.parametrize("pack", [True, False])
+def test_a_short_clip_does_not_come_out_as_the_prompt_sentence(transcriber, pack):
+    from tests.conftest import SHARED_DATA
+
+    # one word, 复旦, by a DSPSpeech-20 speaker: with the Mandarin prompt the base wrote 普通话的句子。 for it
+    clip = SHARED_DATA.parent / "dspspeech20-keywords" / "audio" / "16307130025-10-01.flac"
+    if not clip.is_file():
+        pytest.skip(f"{clip} not found")
+    (result,) = transcriber.transcribe_batch([str(clip)], DecodeOptions(pack=pack))
+    assert "普通话" not in result.text and "句子" not in result.text, result.text
+
+
 @pytest.mark.parametrize("clip", ["BAC009S0150W0321", "BAC009S0150W0121"])
 def test_a_clip_packed_after_its_own_start_keeps_its_first_words(transcriber, aishell_rows, clip):
     """Packed right after its own first 1.5 s, Whisper skipped the clip's opening words (电动车 of

@@ -28,7 +28,7 @@ from whisper_zh.chunking import (
     unpack,
     window_at,
 )
-from whisper_zh.decoding import DecodeOptions, compression_ratio
+from whisper_zh.decoding import DEFAULT_ZH_PROMPT, DecodeOptions, compression_ratio
 from whisper_zh.engines import Decoded, Decoder, Engine, RawSegment, load_decoder
 from whisper_zh.errors import AudioError, UsageError
 from whisper_zh.models import resolve_model
@@ -241,18 +241,27 @@ class _Run:
         windows = [task.head for task in batch]
         results = self.decoder.decode([w.audio for w in windows], self.options, language=language, words=words,
                                       timestamps=timestamps, contexts=[task.context for task in batch])
-        unprompted = [i for i, (task, decoded) in enumerate(zip(batch, results, strict=True))
-                      if _copies_context(decoded.segments, task.context) or task.skipped_start(decoded.segments)]
-        if unprompted:  # Whisper repeated its prompt, or skipped what sounded like it: decode those windows without it
-            logger.debug("%d windows repeated or skipped their context; decoded again without it", len(unprompted))
-            again = self.decoder.decode([windows[i].audio for i in unprompted], self.options, language=language,
-                                        words=words, timestamps=timestamps)
-            for i, decoded in zip(unprompted, again, strict=True):
-                results[i] = decoded
+        # Whisper repeated its previous text, or skipped what sounded like it: decode those windows without it.
+        # It wrote the Mandarin prompt sentence itself (short clips: 中国 -> 中国是普通话的句子。): without any prompt.
+        retries: dict[int, DecodeOptions] = {}
+        for i, (task, decoded) in enumerate(zip(batch, results, strict=True)):
+            if _echoes_prompt(decoded.segments):
+                retries[i] = self.options.with_(initial_prompt=None)
+            elif _copies_context(decoded.segments, task.context) or task.skipped_start(decoded.segments):
+                retries[i] = self.options
+        for prompted in (True, False):
+            rows = [i for i, o in retries.items() if (o is self.options) == prompted]
+            if rows:
+                logger.debug("%d windows repeated or skipped their prompt; decoded again without it", len(rows))
+                again = self.decoder.decode([windows[i].audio for i in rows], retries[rows[0]], language=language,
+                                            words=words, timestamps=timestamps)
+                for i, decoded in zip(rows, again, strict=True):
+                    results[i] = decoded
         for i, (task, window, decoded) in enumerate(zip(batch, windows, results, strict=True)):
-            if _needs_fallback(decoded.segments, self.options):
-                context = None if i in unprompted else task.context
-                decoded = self.decoder.decode_with_fallback(window.audio, self.options, language=language,
+            options = retries.get(i, self.options)
+            if _needs_fallback(decoded.segments, options):
+                context = None if i in retries else task.context
+                decoded = self.decoder.decode_with_fallback(window.audio, options, language=language,
                                                             words=words, timestamps=timestamps, context=context)
             silent = _is_silence(decoded.segments, self.options) or task.too_much_text(decoded.segments) or (
                 not task.heard_speech() and _no_speech(decoded.segments, self.options)
@@ -438,6 +447,17 @@ def _copies_context(segments: Sequence[RawSegment], context: str | None, min_cha
 
 def _letters(text: str) -> str:
     return "".join(ch for ch in text if ch.isalnum())
+
+
+# Five characters in a row of the Mandarin prompt sentence (以下是普通话的句子) are an echo of it, not speech.
+_PROMPT_LETTERS = _letters(DEFAULT_ZH_PROMPT)
+_PROMPT_ECHOES = frozenset(_PROMPT_LETTERS[i : i + 5] for i in range(len(_PROMPT_LETTERS) - 4))
+
+
+def _echoes_prompt(segments: Sequence[RawSegment]) -> bool:
+    """Whether Whisper wrote part of the Mandarin prompt sentence, the text just before the audio, as if heard
+    (seen on one- and two-word clips: 中国 -> 中国是普通话的句子。)."""
+    return any(echo in _letters(s.text) for s in segments for echo in _PROMPT_ECHOES)
 
 
 def _needs_fallback(segments: Sequence[RawSegment], options: DecodeOptions) -> bool:
