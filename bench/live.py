@@ -214,6 +214,8 @@ def main() -> int:
     parser.add_argument("--fast", action="store_true",
                         help="instead of streams: feed the file into a session all at once (`whisper-zh live FILE` "
                         "without --realtime; one decode per utterance) and compare its CER with offline")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads per decode, as `whisper-zh serve --threads` (default: 0, CTranslate2's choice)")
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
     args = parser.parse_args()
     counts = [int(n) for n in args.streams.split(",")]
@@ -227,7 +229,7 @@ def main() -> int:
 
     audio, refs = long_file(args.first, args.clips)
     seconds = len(audio) / SAMPLE_RATE
-    transcriber = Transcriber("base")
+    transcriber = Transcriber("base", cpu_threads=args.threads)
     print(f"# Live transcription: {args.clips} S0150 clips joined ({seconds / 60:.1f} min), base int8, "
           f"{args.speed:g}x real time\n")
 
@@ -244,7 +246,8 @@ def main() -> int:
         fast(transcriber, audio, refs, offline, live, decode)
         return 0
     limits = LiveLimits(max_streams=max(counts), options=live)
-    app = create_app(ServerConfig(model="base", live=limits, max_pending=max(counts) + 1, decode=decode),
+    app = create_app(ServerConfig(model="base", live=limits, max_pending=max(counts) + 1, decode=decode,
+                                  cpu_threads=args.threads),
                      transcriber=transcriber)
     report = {"offline": {"cer": rate, "wall": offline_wall, "cpu": offline_cpu}, "runs": []}
     print("| streams | latency p50 / p95 / max (s) | first text (s) | CER [95% CI] | CER - offline [95% CI] "

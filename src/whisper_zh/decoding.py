@@ -56,10 +56,17 @@ class DecodeOptions:
     repetition_guard: bool = True
     # Decode short clips (<= 20 s) several to a 30 s window, split back by word timestamps (faster on many clips).
     pack: bool = True
+    # None: the encoder hears every window padded to 30 s, as Whisper was trained. A number: a window shorter than
+    # 30 s is padded only this many seconds past its audio, which makes the encoder (most of a short decode's cost)
+    # cheaper in proportion. Live decoding uses 10 (bench/RESULTS.md, "Live": the same CER for a third less CPU;
+    # at 1 s the CER doubled). The CTranslate2 engine's batched path only; the Transformers encoder needs 30 s.
+    encoder_padding_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
             raise ValueError("beam_size must be at least 1")
+        if self.encoder_padding_seconds is not None and self.encoder_padding_seconds < 0:
+            raise ValueError("encoder_padding_seconds must be at least 0")
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if self.script not in SCRIPTS:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Sequence
 from importlib.metadata import version
 from typing import Any
@@ -32,6 +33,8 @@ from whisper_zh.errors import ModelLoadError
 # and the enumeration comma, so a Chinese mark never becomes a "word" of its own with a time of its own.
 PREPEND_PUNCTUATION = "\"'“¿([{-「『《【"
 APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、」』》】；;"
+FRAMES_PER_SECOND = 100  # log-mel frames (10 ms hop)
+N_FRAMES = 30 * FRAMES_PER_SECOND  # the window Whisper was trained on
 
 
 class CTranslate2Decoder:
@@ -127,7 +130,8 @@ class CTranslate2Decoder:
 
     def _forward(self, windows: Sequence[np.ndarray], previous: list[list[int]], options: DecodeOptions,
                  tokenizer: Tokenizer, language: str, words: bool, timestamps: bool) -> list[Decoded]:
-        features = np.stack([pad_or_trim(self._model.feature_extractor(w)[..., :-1]) for w in windows])
+        frames = _encoder_frames(windows, options.encoder_padding_seconds)
+        features = np.stack([pad_or_trim(self._model.feature_extractor(w)[..., :-1], length=frames) for w in windows])
         metadata = [{"offset": 0.0, "duration": len(w) / SAMPLE_RATE} for w in windows]
         self._pipeline.previous = previous
         # The pipeline carries the previous batch's last word end into the next batch's first-word heuristics;
@@ -219,6 +223,15 @@ class _PromptedPipeline(BatchedInferencePipeline):
                            "tokens": result.sequences_ids[0]})
         self.tokens = [row["tokens"] for row in output]
         return encoder_output, output
+
+
+def _encoder_frames(windows: Sequence[np.ndarray], padding_seconds: float | None) -> int:
+    """Feature frames the encoder hears for this batch: 30 s, or the longest window plus the padding, rounded up to
+    whole seconds (DecodeOptions.encoder_padding_seconds). CTranslate2 encodes any length up to 30 s."""
+    if padding_seconds is None:
+        return N_FRAMES
+    seconds = max(len(w) for w in windows) / SAMPLE_RATE + padding_seconds
+    return min(N_FRAMES, FRAMES_PER_SECOND * math.ceil(seconds))
 
 
 def _complete(tokens: list[int], tokenizer: Tokenizer, duration: float, timestamps: bool) -> float:
