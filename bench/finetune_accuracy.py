@@ -15,8 +15,8 @@ scored by ``whisper-zh evaluate --model OUT`` (CTranslate2 int8, default decodin
 
 Runs and scores are cached under ``--runs``: a variant is trained only when its model is missing, and scored only
 when its scores are missing, so the same command rebuilds the table. The winner (the variant with the lowest dev
-CER, so the test set never picks it) is written to ``bench/results/finetune_accuracy.json`` and the table to
-``bench/results/finetune_accuracy.md``.
+CER, so the test set never picks it; or the variant named by ``--recipe``, with the dev winner recorded beside it)
+is written to ``bench/results/finetune_accuracy.json`` and the table to ``bench/results/finetune_accuracy.md``.
 
     .venv/bin/python bench/finetune_data.py --cache /work/ft-cache/data
     .venv/bin/python bench/finetune_accuracy.py --data /work/ft-cache/data --runs /work/ft-cache/runs \\
@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -65,6 +66,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # average of the last three evaluated checkpoints exported when it beats the best one on dev
     "long": {"max_steps": 60, "eval_steps": 10, "save_steps": 10, "warmup_steps": 6,
              "early_stopping_patience": 3, "average_last": 3},
+    # WiSE-FT: the chosen weights moved halfway back to the base's at export (changes nothing during training,
+    # so `--from RUN` can finish it from another run's checkpoints)
+    "wise": {"wise_ft_alpha": 0.5},
 }
 
 
@@ -81,14 +85,18 @@ def variant_config(name: str, data: Path, out: Path, extra: dict[str, Any]) -> d
     return {**config, **extra}
 
 
-def train(name: str, data: Path, runs: Path, extra: dict[str, Any]) -> dict[str, Any]:
-    """Train ``name`` with `whisper-zh finetune --config` unless its model exists; returns its run record."""
+def train(name: str, data: Path, runs: Path, extra: dict[str, Any], start_from: str | None = None) -> dict[str, Any]:
+    """Train ``name`` with `whisper-zh finetune --config` unless its model exists; returns its run record.
+    ``start_from``: a run under ``runs`` whose checkpoints and log a new run starts from (resumed)."""
     import yaml
 
     out = runs / name
     record_path = out / "run.json"
     if record_path.is_file() and (out / "model.safetensors").is_file():
         return json.loads(record_path.read_text(encoding="utf-8"))
+    if start_from and not (out / "checkpoints").is_dir():
+        shutil.copytree(runs / start_from / "checkpoints", out / "checkpoints")
+        shutil.copyfile(runs / start_from / "train_log.jsonl", out / "train_log.jsonl")
     out.mkdir(parents=True, exist_ok=True)
     config = variant_config(name, data, out, extra)
     (out / "variant.yaml").write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
@@ -104,7 +112,8 @@ def train(name: str, data: Path, runs: Path, extra: dict[str, Any]) -> dict[str,
         sys.exit(f"[{name}] finetune failed ({done.returncode}); see {out / 'finetune.log'}")
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
     evals = [r for r in rows if "cer" in r]
-    best = min(evals, key=lambda r: (r["cer"], r["step"]))
+    interpolated = [r for r in evals if "interpolated" in r]  # exported whatever its dev CER
+    best = interpolated[-1] if interpolated else min(evals, key=lambda r: (r["cer"], r["step"]))
     trained = [r for r in rows if "loss" in r and "event" not in r]
     record = {
         "variant": name, "config": config, "wall_seconds": round(time.perf_counter() - started, 1),
@@ -242,12 +251,14 @@ def dev_curves(runs: Path) -> str:
              "|---|---|---|---:|"]
     for log in sorted(runs.glob("*/train_log.jsonl")):
         rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
-        evals = [r for r in rows if "cer" in r and "averaged" not in r]
+        evals = [r for r in rows if "cer" in r and "averaged" not in r and "interpolated" not in r]
         if not evals:
             continue
-        averaged = [r for r in rows if "averaged" in r]
+        averaged = [r for r in rows if "averaged" in r and "cer" in r]
+        interpolated = [r for r in rows if "interpolated" in r and "cer" in r]
         curve = ", ".join(f"{r['step']}: {pct(r['cer'])}" for r in evals)
         curve += "".join(f"; average of {r['averaged']}: {pct(r['cer'])}" for r in averaged)
+        curve += "".join(f"; WiSE-FT {r['interpolated']:g} of {r['step']}: {pct(r['cer'])}" for r in interpolated)
         best = min(evals + averaged, key=lambda r: r["cer"])
         trained = [r["elapsed"] for r in rows if "elapsed" in r and r["step"] <= evals[-1]["step"]]
         lines.append(f"| {log.parent.name} | {curve} | {pct(best['cer'])} | {trained[-1] if trained else 0:.0f} |")
@@ -262,6 +273,12 @@ def main() -> None:
                         help=f"variants ({', '.join(VARIANTS)}; join with + to combine)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="settings for every variant")
     parser.add_argument("--train-only", action="store_true", help="train the missing variants, score nothing")
+    parser.add_argument("--recipe", default=None, metavar="VARIANT",
+                        help="write this variant's row as the JSON: the recipe the README ships (default: the "
+                        "variant with the lowest dev CER)")
+    parser.add_argument("--from", dest="start_from", default=None, metavar="RUN",
+                        help="start missing variants from a copy of this run's checkpoints and log (resumed): for "
+                        "variants that change only what follows training, such as wise")
     args = parser.parse_args()
     data, runs = Path(args.data), Path(args.runs)
     if not (data / "test.jsonl").is_file():
@@ -273,7 +290,7 @@ def main() -> None:
     import yaml
 
     extra = {key: yaml.safe_load(value) for key, value in (kv.split("=", 1) for kv in args.set)}  # typed, as in YAML
-    records = {name: train(name, data, runs, extra) for name in args.variants}
+    records = {name: train(name, data, runs, extra, args.start_from) for name in args.variants}
     if args.train_only:
         return
     base = score("base", data, runs / "base")
@@ -292,9 +309,15 @@ def write_results(args: argparse.Namespace, base: dict, rows: list, text: str) -
     RESULTS.mkdir(exist_ok=True)
     command = "python bench/finetune_accuracy.py " + " ".join(sys.argv[1:])
     (RESULTS / "finetune_accuracy.md").write_text(f"`{command}`\n\n{text}\n", encoding="utf-8")
-    name, run, mine, cmp = min(rows, key=lambda r: r[1]["dev_cer"])
+    by_dev = min(rows, key=lambda r: r[1]["dev_cer"])
+    chosen = [r for r in rows if r[0] == args.recipe] if args.recipe else [by_dev]
+    if not chosen:
+        sys.exit(f"--recipe {args.recipe}: not among the variants scored")
+    name, run, mine, cmp = chosen[0]
     winner = {
         "variant": name,
+        "selected_by": "--recipe (the recipe shipped)" if args.recipe else "lowest dev CER",
+        "lowest_dev_cer_variant": by_dev[0],
         "base_cer": base["test"]["numbers"]["cer"]["rate"],
         "finetuned_cer": mine["test"]["numbers"]["cer"]["rate"],
         "relative_reduction": 1 - mine["test"]["numbers"]["cer"]["rate"] / base["test"]["numbers"]["cer"]["rate"],

@@ -470,3 +470,25 @@ def test_average_of_the_last_checkpoints_is_scored_and_exported_only_when_it_win
         assert result.averaged == [] and result.best_step == best["step"]
         if best["step"]:
             assert torch.equal(exported[name], states[best["step"] - 1][name])
+
+
+def test_wise_ft_exports_the_chosen_checkpoint_moved_halfway_back_to_the_start(setup, tmp_path):
+    from safetensors.torch import load_file
+
+    from whisper_zh.hf import load_transformers_whisper
+    from whisper_zh.training.trainer import finetune
+
+    out = tmp_path / "out"
+    result = finetune(_config(setup, out, eval_steps=1, save_steps=1, save_total_limit=1, wise_ft_alpha=0.5),
+                      progress=False)
+    assert result.interpolated == 0.5
+    (row,) = [r for r in _rows(out) if "interpolated" in r and "cer" in r]
+    assert row["step"] == (result.best_step or 0) and result.best_cer == row["cer"]
+    chosen = load_file(str(out / "checkpoints" / f"step-{row['step']:06d}" / "trainable.safetensors"))
+    start = dict(load_transformers_whisper(setup["model"])[0].named_parameters())
+    exported = dict(load_transformers_whisper(str(out))[0].named_parameters())
+    name = "model.decoder.layers.0.fc1.weight"
+    assert torch.allclose(exported[name], (start[name] + chosen[name]) / 2, atol=1e-6)
+    if row["step"]:  # training moved the weights, so the export is neither the start nor the checkpoint
+        assert not torch.allclose(exported[name], chosen[name])
+    assert "WiSE-FT" in (out / "README.md").read_text(encoding="utf-8")

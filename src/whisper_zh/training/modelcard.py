@@ -89,6 +89,13 @@ def _lora_text(lora: Any) -> str:
     return f"r={lora.r} alpha={lora.alpha} dropout={lora.dropout:g} on {', '.join(lora.target_modules)} (merged on export)"
 
 
+def _kind(row: dict) -> str:
+    """What weights a log row (or a result's fields) describes: a training step's, an average's, an interpolation's."""
+    if row.get("interpolated"):
+        return "interpolated"
+    return "averaged" if row.get("averaged") else "step"
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
@@ -97,8 +104,8 @@ def write_model_card(config: Any, result: Any, out_dir: Path, *, exported_step: 
     """Write ``out_dir/README.md``: base model, data, hyperparameters, per-eval results, versions, command."""
     rows = _read_log(Path(out_dir) / "train_log.jsonl")
     evals = [r for r in rows if "cer" in r]
-    averaged = getattr(result, "averaged", None)
-    final = next((r for r in reversed(evals) if r["step"] == exported_step and bool(r.get("averaged")) == bool(averaged)),
+    wanted = _kind({k: getattr(result, k, None) for k in ("averaged", "interpolated")})
+    final = next((r for r in reversed(evals) if r["step"] == exported_step and _kind(r) == wanted),
                  evals[-1] if evals else None)
     lines = _summary(config, result, out_dir, exported_step, final)
     lines += _data_section(config, out_dir)
@@ -138,8 +145,10 @@ def _summary(config: Any, result: Any, out_dir: Path, exported_step: int, final:
         "",
         f"This model is a fine-tuned version of `{config.model}` for Mandarin Chinese (zh-CN) made with whisper-zh.",
         f"Exported checkpoint: step {exported_step} (the best eval CER)"
-        + (f", the average of the weights of steps {', '.join(map(str, result.averaged))}." if getattr(
-            result, "averaged", None) else "."),
+        + (f", the average of the weights of steps {', '.join(map(str, result.averaged))}" if getattr(
+            result, "averaged", None) else "")
+        + (f", interpolated with the starting model (WiSE-FT): {result.interpolated:g} of the fine-tuned weights, "
+           f"{1 - result.interpolated:g} of the starting ones." if getattr(result, "interpolated", None) else "."),
         "",
     ]
     if exported_step == 0:
@@ -208,6 +217,7 @@ def _hyperparameters(config: Any, result: Any) -> list[str]:
         f"- freeze_decoder: {config.freeze_decoder}",
         f"- lora: {_lora_text(config.lora)}",
         f"- average_last: {config.average_last}",
+        f"- wise_ft_alpha: {config.wise_ft_alpha:g}",
         "",
     ]
 
@@ -223,7 +233,8 @@ def _results(rows: list[dict], evals: list[dict]) -> list[str]:
     for r in evals:
         loss = train_loss.get(r["step"])
         eval_loss = r.get("eval_loss")
-        step = f"average of {', '.join(map(str, r['averaged']))}" if r.get("averaged") else r["step"]
+        step = {"averaged": f"average of {', '.join(map(str, r.get('averaged') or []))}",
+                "interpolated": f"{r['step']}, WiSE-FT {r.get('interpolated')}"}.get(_kind(r), r["step"])
         lines.append(f"| {step} | {'-' if loss is None else f'{loss:.4f}'} | "
                      f"{'-' if eval_loss is None else f'{eval_loss:.4f}'} | {_pct(r['cer'])} | "
                      f"{_pct(r.get('cer_plain'))} | {_pct(r.get('wer_segmented'))} |")

@@ -64,6 +64,7 @@ class FinetuneResult:
     samples_per_second: float | None = None
     train_seconds: float = 0.0
     averaged: list[int] = field(default_factory=list)  # steps whose weights were averaged into the export
+    interpolated: float | None = None  # WiSE-FT: the share of the fine-tuned weights in the export (None: all)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -248,8 +249,12 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, progress: bool = T
     source = run.average_checkpoints() if config.average_last > 1 else None
     if source is not None:
         result = replace(result, best_step=source[1], best_cer=run.state["best_cer"], averaged=source[2])
+    root = source[0] if source else run.ckpt_root
+    if config.wise_ft_alpha < 1.0:
+        root, cer = run.interpolate_with_start(root, result.best_step)
+        result = replace(result, best_cer=cer, interpolated=config.wise_ft_alpha)
     if run.main:
-        export_best(config, result, source[0] if source else run.ckpt_root, command=command)
+        export_best(config, result, root, command=command)
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
     return result
@@ -347,7 +352,7 @@ class _Run:
         for row in self.train_log.rows():  # rebuild the diagnostics' view of the past from the kept log
             if "loss" in row and "event" not in row:
                 self.diagnostics.losses.append((row["step"], row["loss"]))
-            if "cer" in row and "averaged" not in row:
+            if "cer" in row and not _after_training(row):
                 self.diagnostics.evals.append((row["step"], row["cer"]))
 
     # ------------------------------------------------------------------------------------------ reporting
@@ -521,11 +526,7 @@ class _Run:
         states = [load_file(str(ckpt.checkpoint_dir(self.ckpt_root, s) / "trainable.safetensors")) for s in steps]
         average = {name: torch.stack([st[name].float() for st in states]).mean(0).to(states[0][name].dtype)
                    for name in states[0]}
-        params = dict(self.unwrapped.named_parameters())
-        with torch.no_grad():
-            for name, tensor in average.items():
-                params[name].copy_(tensor)
-        result = self.evaluate()
+        result = self._evaluate_weights(average)
         won = result is not None and result.cer < self.state["best_cer"]
         if self.main:
             self.train_log.write({"step": self.state["step"], "averaged": steps, **result.to_row()})
@@ -546,6 +547,46 @@ class _Run:
         self.accelerator.wait_for_everyone()
         return root, step, steps
 
+    def interpolate_with_start(self, root: Path, step: int | None) -> tuple[Path, float | None]:
+        """WiSE-FT (training.wiseft): move the chosen checkpoint under ``root`` back towards the starting model by
+        ``1 - wise_ft_alpha``, score that on the eval set, and write it as a checkpoint under ``interpolated/``.
+        It is exported whatever its eval CER: what it buys (other speakers and conditions) is not in the eval
+        set. Returns (its root, its eval CER)."""
+        from safetensors.torch import load_file
+
+        from whisper_zh.training.wiseft import interpolate
+
+        alpha = self.config.wise_ft_alpha
+        source = ckpt.checkpoint_dir(root, step) if step is not None else None
+        if source is None or not ckpt.is_complete(source):
+            source = ckpt.latest_complete(root)
+        if source is None:
+            raise DataError(f"{root}: no complete checkpoint to interpolate")
+        start = trainable_state(apply_model_options(load_model(self.config.model)[0], self.config))
+        merged = interpolate(start, load_file(str(source / "trainable.safetensors")), alpha)
+        result = self._evaluate_weights(merged)
+        step = int(source.name.split("-")[1])
+        out = self.out_dir / "interpolated"
+        if self.main:
+            from safetensors.torch import save_file
+
+            self.train_log.write({"step": step, "interpolated": alpha, **result.to_row()})
+            self.report([Event("info", "interpolated", step,
+                               f"step {step} interpolated with the starting model (WiSE-FT, alpha {alpha:g}): eval "
+                               f"CER {result.cer:.2%} against {self.state['best_cer']:.2%}; exporting it.")])
+            ckpt.write_checkpoint(out, step, lambda tmp: save_file(merged, str(tmp / "trainable.safetensors")),
+                                  meta={"interpolated": alpha})
+        self.accelerator.wait_for_everyone()
+        return out, result.cer if result is not None else None
+
+    def _evaluate_weights(self, state: dict[str, torch.Tensor]) -> EvalResult | None:
+        """Load ``state`` (trainable tensors) into the model and score it on the eval set."""
+        params = dict(self.unwrapped.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state.items():
+                params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+        return self.evaluate()
+
     def _result(self) -> FinetuneResult:
         state = self.state
         if self.main:
@@ -556,6 +597,11 @@ class _Run:
                               resumed_from=int(self.resume_from.name.split("-")[1]) if self.resume_from else None,
                               samples_per_second=state["samples"] / max(state["train_seconds"], 1e-9),
                               train_seconds=state["train_seconds"])
+
+
+def _after_training(row: dict) -> bool:
+    """Log rows of the weights made after training (averaged, interpolated), not of a training step."""
+    return bool(row.get("averaged")) or "interpolated" in row
 
 
 class _LogWindow:
