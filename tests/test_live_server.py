@@ -11,6 +11,7 @@ import json
 import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
 import soxr
@@ -124,12 +125,24 @@ def test_disconnect_midway_frees_the_slot_and_the_stream(one_stream, clips):
     with connect(url) as ws:
         json.loads(ws.recv(timeout=30))
         assert app.state.server.queue.in_flight == 1  # a stream holds one queue slot while it is open
+        assert _live_gauges(url) == (1, 1)  # /health and /metrics count it
         ws.send(_pcm16(audio[: 4 * SAMPLE_RATE]))
         assert _events(ws, "input_audio_buffer.speech_started")  # the session is decoding now
         ws.close()
     _wait_for(lambda: app.state.server.queue.in_flight == 0)
+    assert _live_gauges(url) == (0, 0)
     with connect(url) as again:  # max_streams=1: the stream count came back down too
         assert json.loads(again.recv(timeout=30))["type"] == "transcription_session.created"
+
+
+def _live_gauges(ws_url: str) -> tuple[int, int]:
+    """Open live streams as /health and as /metrics report them."""
+    base = ws_url.replace("ws://", "http://").removesuffix("/v1/realtime")
+    health = httpx.get(base + "/health", timeout=30).json()["live_streams"]
+    assert health["capacity"] == 1
+    metrics = httpx.get(base + "/metrics", timeout=30).text
+    (line,) = [x for x in metrics.splitlines() if x.startswith("whisper_zh_live_streams_open ")]
+    return health["open"], int(float(line.split()[1]))
 
 
 def test_one_stream_more_than_max_streams_is_refused(one_stream):

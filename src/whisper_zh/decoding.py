@@ -57,8 +57,8 @@ class DecodeOptions:
     # Decode short clips (<= 20 s) several to a 30 s window, split back by word timestamps (faster on many clips).
     pack: bool = True
     # None: the encoder hears every window padded to 30 s, as Whisper was trained. A number: a window shorter than
-    # 30 s is padded only this many seconds past its audio, which makes the encoder (most of a short decode's cost)
-    # cheaper in proportion. Live decoding uses 10 (bench/RESULTS.md, "Live": the same CER for a third less CPU;
+    # 30 s is padded only this many seconds past its audio, which makes the encoder (a third or more of a short
+    # decode's cost) cheaper in proportion. Live decoding uses 10 (bench/RESULTS.md, "Live": the same CER for a third less CPU;
     # at 1 s the CER doubled). The CTranslate2 engine's batched path only; the Transformers encoder needs 30 s.
     encoder_padding_seconds: float | None = None
 

@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--output {output}: cannot write ({exc.strerror or exc})") from exc
     if not args.quiet:
         seconds = len(audio) / SAMPLE_RATE
-        print(f"{len(result.segments)} utterances, {seconds:.1f} s of audio in {wall:.1f} s "
+        count = len(result.segments)
+        print(f"{count} utterance{'' if count == 1 else 's'}, {seconds:.1f} s of audio in {wall:.1f} s "
               f"({'as fast as possible' if speed is None else f'played at {speed:g}x'})", file=sys.stderr)
     return 0
 

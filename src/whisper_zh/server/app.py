@@ -66,7 +66,8 @@ def build_state(config: ServerConfig, transcriber: Any = None) -> ServerState:
     queue = BatchingQueue(_batch_fn(transcriber), max_pending=config.max_pending, max_batch=config.max_batch,
                           batch_window_s=config.batch_window_s, on_batch=metrics.observe_batch)
     uploads = UploadGate(config.max_uploading)
-    metrics.watch(queue, uploads)
+    streams = StreamGate(config.live.max_streams)
+    metrics.watch(queue, uploads, streams)
     served = ServedModel(
         name=Path(config.model).name if Path(config.model).exists() else config.model,
         languages=frozenset(getattr(transcriber, "languages", ())),
@@ -79,7 +80,7 @@ def build_state(config: ServerConfig, transcriber: Any = None) -> ServerState:
     if default is not None and served.languages and default not in served.languages:
         raise UsageError(f"--language {default}: not a language model '{served.name}' knows (use a code such as "
                          "zh, en or yue, or auto)")
-    return ServerState(config, transcriber, queue, uploads, metrics, served, StreamGate(config.live.max_streams))
+    return ServerState(config, transcriber, queue, uploads, metrics, served, streams)
 
 
 def _batch_fn(transcriber: Any) -> Callable[[list[Any], DecodeOptions, Any], list[Any]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,6 +21,13 @@ if TYPE_CHECKING:
     from whisper_zh.server.uploads import UploadGate
 
 _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, math.inf)
+
+
+class _StreamCount(Protocol):
+    """What the metrics read of the live-stream gate (server.state.StreamGate, which imports this module)."""
+
+    open: int
+    limit: int
 
 
 class ServerMetrics:
@@ -50,9 +57,13 @@ class ServerMetrics:
             buckets=(0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, math.inf), registry=r,
         )
 
-    def watch(self, queue: BatchingQueue, uploads: UploadGate) -> None:
-        """Gauges read from the queue and the upload gate at each scrape."""
+    def watch(self, queue: BatchingQueue, uploads: UploadGate, streams: _StreamCount) -> None:
+        """Gauges read from the queue, the upload gate and the live-stream count at each scrape."""
         r = self.registry
+        Gauge("whisper_zh_live_streams_open", "live streams open on /v1/realtime", registry=r).set_function(
+            lambda: streams.open
+        )
+        Gauge("whisper_zh_live_streams_capacity", "live streams allowed at once", registry=r).set(streams.limit)
         Gauge("whisper_zh_queue_depth", "requests waiting for the model", registry=r).set_function(
             lambda: queue.depth
         )

@@ -142,6 +142,7 @@ async def health(state: State) -> dict[str, Any]:
         "max_audio_seconds": state.config.max_audio_seconds,
         "queue": {"waiting": queue.depth, "in_flight": queue.in_flight, "capacity": queue.max_pending},
         "uploads": {"in_progress": uploads.active, "capacity": uploads.limit},
+        "live_streams": {"open": state.streams.open, "capacity": state.streams.limit},
     }
 
 
