@@ -19,7 +19,7 @@ Reported per run of N streams:
   how long after the audio ended the last text came, and CPU seconds of the process per second of audio.
 
 Run: .venv/bin/python bench/live.py [--clips 100] [--streams 1,2,4] [--speed 1.0]
-     .venv/bin/python bench/live.py --fast [--context-chars 0]   (accuracy only: the session fed all at once)
+     .venv/bin/python bench/live.py --fast [--context-chars 0] [--encoder-padding none]   (accuracy only: the session fed all at once)
 Latency depends on the CPU: on a shared machine, report CPU seconds beside wall time and say so.
 """
 
@@ -214,6 +214,9 @@ def main() -> int:
     parser.add_argument("--fast", action="store_true",
                         help="instead of streams: feed the file into a session all at once (`whisper-zh live FILE` "
                         "without --realtime; one decode per utterance) and compare its CER with offline")
+    parser.add_argument("--encoder-padding", default=None, metavar="SECONDS",
+                        help="seconds the encoder hears past each buffer (LiveOptions.encoder_padding_seconds; "
+                        "'none': a full 30 s window; default: the session's, 10)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads per decode, as `whisper-zh serve --threads` (default: 0, CTranslate2's choice)")
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
@@ -225,7 +228,10 @@ def main() -> int:
     from whisper_zh.server import ServerConfig, create_app, serve_in_thread
     from whisper_zh.server.config import LiveLimits
 
-    live = LiveOptions() if args.context_chars is None else LiveOptions(context_chars=args.context_chars)
+    changes: dict = {} if args.context_chars is None else {"context_chars": args.context_chars}
+    if args.encoder_padding is not None:
+        changes["encoder_padding_seconds"] = None if args.encoder_padding == "none" else float(args.encoder_padding)
+    live = LiveOptions(**changes)
 
     audio, refs = long_file(args.first, args.clips)
     seconds = len(audio) / SAMPLE_RATE
@@ -283,7 +289,8 @@ def fast(transcriber, audio: np.ndarray, refs: list[str], offline, live, decode)
     errors = clip_errors(refs, session.transcription().text)
     rate, low, high = cer_with_ci(*errors)
     diff, dlow, dhigh = paired_difference(errors, offline)
-    print(f"session fed all at once (context {live.context_chars} chars, beam {decode.beam_size}): CER {rate:.2%} [{low:.2%}, {high:.2%}], "
+    print(f"session fed all at once (context {live.context_chars} chars, beam {decode.beam_size}, encoder padding "
+          f"{live.encoder_padding_seconds} s): CER {rate:.2%} [{low:.2%}, {high:.2%}], "
           f"minus offline {diff * 100:+.2f} points [{dlow * 100:+.2f}, {dhigh * 100:+.2f}]; {len(decodes)} decodes, "
           f"{wall:.0f} s wall, {cpu:.0f} CPU s")
 
