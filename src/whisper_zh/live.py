@@ -66,8 +66,8 @@ class LiveOptions:
     # Committed text before the buffer that follows the Mandarin prompt (characters; 0: the prompt alone).
     context_chars: int = 100
     # The encoder hears the buffer plus this much padding, not a full 30 s window (DecodeOptions; None: 30 s).
-    # Measured with bench/live.py --fast on 40 utterances: CER 8.62 % against 8.47 % with 30 s, CPU 69 s against
-    # 105; with 5 s, 12.10 %; with 1 s, 18.00 %.
+    # Measured with bench/live.py --fast --clips 40 [--encoder-padding ...]: CER 8.62 % against 8.47 % with 30 s,
+    # CPU 73 s against 112; with 5 s, 12.10 %; with 1 s, 18.00 %.
     encoder_padding_seconds: float | None = 10.0
 
     def __post_init__(self) -> None:
