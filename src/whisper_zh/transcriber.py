@@ -243,24 +243,21 @@ class _Run:
                                       timestamps=timestamps, contexts=[task.context for task in batch])
         # Whisper repeated its previous text, or skipped what sounded like it: decode those windows without it.
         # It wrote the Mandarin prompt sentence itself (short clips: 中国 -> 中国是普通话的句子。): without any prompt.
-        retries: dict[int, DecodeOptions] = {}
-        for i, (task, decoded) in enumerate(zip(batch, results, strict=True)):
-            if _echoes_prompt(decoded.segments):
-                retries[i] = self.options.with_(initial_prompt=None)
-            elif _copies_context(decoded.segments, task.context) or task.skipped_start(decoded.segments):
-                retries[i] = self.options
-        for prompted in (True, False):
-            rows = [i for i, o in retries.items() if (o is self.options) == prompted]
+        echoed = {i for i, decoded in enumerate(results) if _echoes_prompt(decoded.segments)}
+        unprompted = {i for i, (task, decoded) in enumerate(zip(batch, results, strict=True)) if i not in echoed
+                      and (_copies_context(decoded.segments, task.context) or task.skipped_start(decoded.segments))}
+        bare = self.options.with_(initial_prompt=None) if echoed else self.options
+        for rows, options in ((sorted(unprompted), self.options), (sorted(echoed), bare)):
             if rows:
                 logger.debug("%d windows repeated or skipped their prompt; decoded again without it", len(rows))
-                again = self.decoder.decode([windows[i].audio for i in rows], retries[rows[0]], language=language,
+                again = self.decoder.decode([windows[i].audio for i in rows], options, language=language,
                                             words=words, timestamps=timestamps)
                 for i, decoded in zip(rows, again, strict=True):
                     results[i] = decoded
         for i, (task, window, decoded) in enumerate(zip(batch, windows, results, strict=True)):
-            options = retries.get(i, self.options)
+            options = bare if i in echoed else self.options
             if _needs_fallback(decoded.segments, options):
-                context = None if i in retries else task.context
+                context = None if i in echoed or i in unprompted else task.context
                 decoded = self.decoder.decode_with_fallback(window.audio, options, language=language,
                                                             words=words, timestamps=timestamps, context=context)
             silent = _is_silence(decoded.segments, self.options) or task.too_much_text(decoded.segments) or (
@@ -457,7 +454,7 @@ _PROMPT_ECHOES = frozenset(_PROMPT_LETTERS[i : i + 5] for i in range(len(_PROMPT
 def _echoes_prompt(segments: Sequence[RawSegment]) -> bool:
     """Whether Whisper wrote part of the Mandarin prompt sentence, the text just before the audio, as if heard
     (seen on one- and two-word clips: 中国 -> 中国是普通话的句子。)."""
-    return any(echo in _letters(s.text) for s in segments for echo in _PROMPT_ECHOES)
+    return any(echo in letters for letters in (_letters(s.text) for s in segments) for echo in _PROMPT_ECHOES)
 
 
 def _needs_fallback(segments: Sequence[RawSegment], options: DecodeOptions) -> bool:
