@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from whisper_zh.errors import DataError
 from whisper_zh.files import atomic_dir, atomic_write_text, leftovers
 
 MARKER = "COMPLETE"
@@ -75,6 +76,17 @@ def latest_complete(root: Path) -> Path | None:
         if is_complete(path):
             return path
     return None
+
+
+def complete_or_latest(root: Path, step: int | None, purpose: str) -> tuple[int, Path]:
+    """(step, directory) of the complete checkpoint of ``step`` under ``root``, else of the latest complete one;
+    DataError when there is none ("no complete checkpoint to ``purpose``")."""
+    chosen = checkpoint_dir(root, step) if step is not None else None
+    if chosen is None or not is_complete(chosen):
+        chosen = latest_complete(root)
+    if chosen is None:
+        raise DataError(f"{root}: no complete checkpoint to {purpose}")
+    return int(_STEP_DIR.match(chosen.name).group(1)), chosen
 
 
 def prune(root: Path, keep_last: int, protect: tuple[Path, ...] = ()) -> list[Path]:

@@ -89,7 +89,7 @@ def _lora_text(lora: Any) -> str:
     return f"r={lora.r} alpha={lora.alpha} dropout={lora.dropout:g} on {', '.join(lora.target_modules)} (merged on export)"
 
 
-def _kind(row: dict) -> str:
+def weights_kind(row: dict) -> str:
     """What weights a log row (or a result's fields) describes: a training step's, an average's, an interpolation's."""
     if row.get("interpolated"):
         return "interpolated"
@@ -104,8 +104,8 @@ def write_model_card(config: Any, result: Any, out_dir: Path, *, exported_step: 
     """Write ``out_dir/README.md``: base model, data, hyperparameters, per-eval results, versions, command."""
     rows = _read_log(Path(out_dir) / "train_log.jsonl")
     evals = [r for r in rows if "cer" in r]
-    wanted = _kind({k: getattr(result, k, None) for k in ("averaged", "interpolated")})
-    final = next((r for r in reversed(evals) if r["step"] == exported_step and _kind(r) == wanted),
+    wanted = weights_kind({k: getattr(result, k, None) for k in ("averaged", "interpolated")})
+    final = next((r for r in reversed(evals) if r["step"] == exported_step and weights_kind(r) == wanted),
                  evals[-1] if evals else None)
     lines = _summary(config, result, out_dir, exported_step, final)
     lines += _data_section(config, out_dir)
@@ -234,7 +234,7 @@ def _results(rows: list[dict], evals: list[dict]) -> list[str]:
         loss = train_loss.get(r["step"])
         eval_loss = r.get("eval_loss")
         step = {"averaged": f"average of {', '.join(map(str, r.get('averaged') or []))}",
-                "interpolated": f"{r['step']}, WiSE-FT {r.get('interpolated')}"}.get(_kind(r), r["step"])
+                "interpolated": f"{r['step']}, WiSE-FT {r.get('interpolated')}"}.get(weights_kind(r), r["step"])
         lines.append(f"| {step} | {'-' if loss is None else f'{loss:.4f}'} | "
                      f"{'-' if eval_loss is None else f'{eval_loss:.4f}'} | {_pct(r['cer'])} | "
                      f"{_pct(r.get('cer_plain'))} | {_pct(r.get('wer_segmented'))} |")

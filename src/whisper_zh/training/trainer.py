@@ -44,6 +44,7 @@ from whisper_zh.training.features import (
     load_utterances,
     plan_windows,
 )
+from whisper_zh.training.modelcard import plot_curves, weights_kind, write_model_card
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +353,7 @@ class _Run:
         for row in self.train_log.rows():  # rebuild the diagnostics' view of the past from the kept log
             if "loss" in row and "event" not in row:
                 self.diagnostics.losses.append((row["step"], row["loss"]))
-            if "cer" in row and not _after_training(row):
+            if "cer" in row and weights_kind(row) == "step":
                 self.diagnostics.evals.append((row["step"], row["cer"]))
 
     # ------------------------------------------------------------------------------------------ reporting
@@ -557,15 +558,10 @@ class _Run:
         from whisper_zh.training.wiseft import interpolate
 
         alpha = self.config.wise_ft_alpha
-        source = ckpt.checkpoint_dir(root, step) if step is not None else None
-        if source is None or not ckpt.is_complete(source):
-            source = ckpt.latest_complete(root)
-        if source is None:
-            raise DataError(f"{root}: no complete checkpoint to interpolate")
+        step, source = ckpt.complete_or_latest(root, step, "interpolate")
         start = trainable_state(apply_model_options(load_model(self.config.model)[0], self.config))
         merged = interpolate(start, load_file(str(source / "trainable.safetensors")), alpha)
         result = self._evaluate_weights(merged)
-        step = int(source.name.split("-")[1])
         out = self.out_dir / "interpolated"
         if self.main:
             from safetensors.torch import save_file
@@ -599,11 +595,6 @@ class _Run:
                               train_seconds=state["train_seconds"])
 
 
-def _after_training(row: dict) -> bool:
-    """Log rows of the weights made after training (averaged, interpolated), not of a training step."""
-    return bool(row.get("averaged")) or "interpolated" in row
-
-
 class _LogWindow:
     """Train loss and throughput (samples per second of training, evals and saves left out) between log lines."""
 
@@ -630,16 +621,11 @@ def export_best(config: FinetuneConfig, result: FinetuneResult, ckpt_root: Path,
     curves and, with ``export_ct2``, a CTranslate2 copy in ``output_dir/ctranslate2-<quantization>``."""
     from whisper_zh.files import atomic_dir
     from whisper_zh.hf import save_processor
-    from whisper_zh.training.modelcard import plot_curves, write_model_card
 
     out_dir = Path(config.output_dir)
     model, processor = load_model(config.model)
     model = apply_model_options(model, config)
-    best = ckpt.checkpoint_dir(ckpt_root, result.best_step) if result.best_step is not None else None
-    if best is None or not ckpt.is_complete(best):
-        best = ckpt.latest_complete(ckpt_root)
-    if best is None:
-        raise DataError(f"{ckpt_root}: no complete checkpoint to export")
+    exported_step, best = ckpt.complete_or_latest(ckpt_root, result.best_step, "export")
     load_trainable_state(model, best / "trainable.safetensors")
     if config.lora.enabled:
         model = model.merge_and_unload()
@@ -654,5 +640,5 @@ def export_best(config: FinetuneConfig, result: FinetuneResult, ckpt_root: Path,
 
         transformers_to_ct2_dir(out_dir, out_dir / f"ctranslate2-{config.ct2_quantization}",
                                 quantization=config.ct2_quantization)
-    write_model_card(config, result, out_dir, exported_step=int(best.name.split("-")[1]), command=command)
+    write_model_card(config, result, out_dir, exported_step=exported_step, command=command)
     return out_dir
