@@ -247,15 +247,19 @@ def table(base: dict[str, Any], rows: list[tuple[str, dict, dict, dict]]) -> str
 def dev_curves(runs: Path) -> str:
     """Markdown: the dev evaluations (number-normalised CER through the product decoder) of every run under
     ``runs``, finished or stopped, read from each run's train_log.jsonl: the measurements that chose the winner."""
+    from whisper_zh.training.modelcard import weights_kind
+
     lines = ["| run | dev CER (numbers) by step | best | training wall s to the last eval (evals excluded; shared machine) |",
              "|---|---|---|---:|"]
     for log in sorted(runs.glob("*/train_log.jsonl")):
         rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
-        evals = [r for r in rows if "cer" in r and "averaged" not in r and "interpolated" not in r]
+        by_kind: dict[str, list[dict]] = {"step": [], "averaged": [], "interpolated": []}
+        for r in rows:
+            if "cer" in r:
+                by_kind[weights_kind(r)].append(r)
+        evals, averaged, interpolated = by_kind["step"], by_kind["averaged"], by_kind["interpolated"]
         if not evals:
             continue
-        averaged = [r for r in rows if "averaged" in r and "cer" in r]
-        interpolated = [r for r in rows if "interpolated" in r and "cer" in r]
         curve = ", ".join(f"{r['step']}: {pct(r['cer'])}" for r in evals)
         curve += "".join(f"; average of {r['averaged']}: {pct(r['cer'])}" for r in averaged)
         curve += "".join(f"; WiSE-FT {r['interpolated']:g} of {r['step']}: {pct(r['cer'])}" for r in interpolated)
