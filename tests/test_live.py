@@ -193,6 +193,7 @@ def test_cli_live_prints_committed_text_and_writes_subtitles(two_clips, aishell_
     printed = out.out.strip()
     assert _cer(rows[CLIP_IDS[0]]["text"], printed) <= MAX_CER, printed
     assert "played at 50x" in out.err
+    assert out.err.startswith("1 utterance,"), out.err  # one clip, no pause inside: one utterance, said in the singular
     srt = output.read_text(encoding="utf-8")
     assert srt.startswith("1\n00:00:0")
     # the writer sizes cues for reading (a line may be split across cues): the cues' text is the printed text
