@@ -219,6 +219,9 @@ def main() -> int:
                         "'none': a full 30 s window; default: the session's, 10)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads per decode, as `whisper-zh serve --threads` (default: 0, CTranslate2's choice)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="decodes at once, as `whisper-zh serve --workers`: each stream overlaps up to this many "
+                        "(default: 1)")
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
     args = parser.parse_args()
     counts = [int(n) for n in args.streams.split(",")]
@@ -235,7 +238,7 @@ def main() -> int:
 
     audio, refs = long_file(args.first, args.clips)
     seconds = len(audio) / SAMPLE_RATE
-    transcriber = Transcriber("base", cpu_threads=args.threads)
+    transcriber = Transcriber("base", cpu_threads=args.threads, workers=args.workers)
     print(f"# Live transcription: {args.clips} S0150 clips joined ({seconds / 60:.1f} min), base int8, "
           f"{args.speed:g}x real time\n")
 
@@ -253,7 +256,7 @@ def main() -> int:
         return 0
     limits = LiveLimits(max_streams=max(counts), options=live)
     app = create_app(ServerConfig(model="base", live=limits, max_pending=max(counts) + 1, decode=decode,
-                                  cpu_threads=args.threads),
+                                  cpu_threads=args.threads, workers=args.workers),
                      transcriber=transcriber)
     report = {"offline": {"cer": rate, "wall": offline_wall, "cpu": offline_cpu}, "runs": []}
     print("| streams | latency p50 / p95 / max (s) | first text (s) | CER [95% CI] | CER - offline [95% CI] "

@@ -166,6 +166,72 @@ def test_clear_drops_the_decode_in_flight(transcriber, two_clips):
     assert session.held_seconds == 0.0
 
 
+def test_overlapping_requests_are_accepted_in_order_and_an_item_ends_on_its_latest_decode(transcriber, two_clips,
+                                                                                          aishell_rows):
+    """A driver with two decodes at once asks for the next request before the last is answered. The session hands
+    out a second request over newer audio, commits what the two agree on when their results come back in order,
+    and, hearing the pause while a request is in flight, waits for it before ending the item."""
+    audio, _ = two_clips
+    first_clip = round(8.648 * SAMPLE_RATE)
+    session = LiveSession()
+    session.append(audio[: 4 * SAMPLE_RATE])
+    a = session.prepare().request
+    assert a is not None and not a.final and session.in_flight == 1
+    assert not session.due()  # no new audio yet: nothing to overlap with
+    session.append(audio[4 * SAMPLE_RATE : 5 * SAMPLE_RATE])
+    assert session.due()
+    b = session.prepare().request
+    assert b is not None and not b.final and b.end > a.end and session.in_flight == 2
+    # the rest of the first clip and a second of silence: the item is over, but two decodes are in flight
+    session.append(audio[5 * SAMPLE_RATE : first_clip])
+    session.append(np.zeros(SAMPLE_RATE, np.float32))
+    waiting = session.prepare()
+    assert waiting.request is None and not any(isinstance(e, SpeechStopped) for e in waiting.events)
+
+    events = []
+    for request in (a, b):  # in the order they were made
+        events += session.accept(request, transcriber.transcribe_batch([request.audio], request.options)[0])
+    assert session.in_flight == 0
+    committed = "".join(e.text for e in events if isinstance(e, Committed))
+    assert committed, events  # the two decodes agreed on the start of the sentence
+    assert session.due()  # the deferred look comes now
+    step = session.prepare()
+    ended = list(step.events)
+    assert any(isinstance(e, SpeechStopped) for e in ended)
+    if step.request is not None:  # b did not hear the whole utterance: one final decode of it
+        assert step.request.final
+        ended += session.accept(step.request, transcriber.transcribe_batch([step.request.audio],
+                                                                          step.request.options)[0])
+    (done,) = [e for e in ended if isinstance(e, Completed)]
+    assert done.text.startswith(committed.strip())
+    reference = {row["id"]: row for row in aishell_rows}[CLIP_IDS[0]]["text"]
+    assert _cer(reference, done.text) <= MAX_CER, done.text
+
+
+def test_play_overlaps_decodes_and_keeps_the_commits_in_order(transcriber, two_clips):
+    """``play(parallel=2)`` on the real clock: decodes run side by side in threads (the Transcriber's engine takes
+    calls from several threads), and the text is as without overlap: never retracted, each item its commits."""
+    audio, reference = two_clips
+    session = LiveSession()
+    most = [0]
+
+    def decode(request):  # noqa: ANN001, ANN202
+        most[0] = max(most[0], session.in_flight)
+        return transcriber.transcribe_batch([request.audio], request.options)[0]
+
+    events = list(play(session, audio, decode, speed=2.0, parallel=2))
+    assert most[0] == 2
+    items: dict[str, str] = {}
+    for event in events:
+        if isinstance(event, Committed):
+            items[event.item_id] = items.get(event.item_id, "") + event.text
+        elif isinstance(event, Completed):
+            assert event.text == items.get(event.item_id, "").strip()
+    final = session.transcription().text
+    assert final == "".join(items.values()).strip()
+    assert _cer(reference, final) <= MAX_CER, final
+
+
 def test_cjk_words_split_into_characters_with_times_shared_out():
     units = _split_word(Word(1.0, 1.6, "处理器。", 0.9), offset=10.0)
     assert [u.text for u in units] == ["处", "理", "器", "。"]
@@ -182,6 +248,22 @@ def test_agreement_drops_a_repeated_seam_but_keeps_a_real_repeat():
     assert agreement.fresh([Unit("谢", 0.52, 0.7), Unit("你", 0.7, 0.9)]) == [Unit("你", 0.7, 0.9)]
     # a third 谢 after the committed ones is speech
     assert agreement.fresh([Unit("谢", 0.6, 0.9)]) == [Unit("谢", 0.6, 0.9)]
+
+
+def test_agreement_holds_back_the_mark_that_ends_a_decode_and_never_repeats_a_mark():
+    agreement = _Agreement()
+    heard = [Unit("问", 0.0, 0.3), Unit("题", 0.3, 0.6), Unit("。", 0.6, 0.6)]
+    assert agreement.agree(heard, 0.7) == []
+    # two decodes agree on "问题。", but the buffer ended there: the "。" may yet turn into "，"
+    assert [u.text for u in agreement.agree(heard, 1.2)] == ["问", "题"]
+    # the next words came after a "，": the mark that was held back is not committed
+    later = [*heard[:2], Unit("，", 0.6, 0.6), Unit("而", 0.7, 0.9), Unit("非", 0.9, 1.1)]
+    assert agreement.agree(later, 1.7) == []
+    assert [u.text for u in agreement.agree(later, 2.2)] == ["，", "而", "非"]
+    # at an item's end everything is committed, the last mark too
+    assert [u.text for u in agreement.flush([*later, Unit("。", 1.1, 1.1)], until=1.2)] == ["。"]
+    # a later decode puts the committed "。" 0.15 s later (a mark has no width): it is not new text
+    assert agreement.fresh([Unit("。", 1.25, 1.25), Unit("制", 1.3, 1.5)]) == [Unit("制", 1.3, 1.5)]
 
 
 def test_cli_live_prints_committed_text_and_writes_subtitles(two_clips, aishell_rows, tmp_path, capsys):

@@ -272,3 +272,53 @@ def test_a_client_sending_faster_than_real_time_is_slowed_down_not_stuck(transcr
         finished = _events(ws, "transcription_session.finished", timeout=120)[-1]
     assert finished["text"] == "" and finished["duration"] == pytest.approx(120.0, abs=0.1)
     _wait_for(lambda: app.state.server.queue.in_flight == 0)
+
+
+def test_a_stream_overlaps_its_decodes_on_two_workers_and_frees_them(transcriber, clips):
+    """``workers=2``: a stream keeps two decodes in the queue at once (what halves the wait between decodes), its
+    results are still taken in order (commits never retracted, each transcript is its deltas), and a client that
+    leaves with two decodes in flight frees its slot once both are out of the model."""
+    app, running = _server(transcriber, workers=2)
+    queue = app.state.server.queue
+    audio = np.concatenate([a for a, _ in clips])
+    reference = "".join(t for _, t in clips)
+    busiest = [0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            busiest[0] = max(busiest[0], queue.busy)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    with running as base:
+        url = base.replace("http://", "ws://") + "/v1/realtime"
+        watcher.start()
+        with connect(url) as ws:
+            json.loads(ws.recv(timeout=30))
+            pcm, chunk = _pcm16(audio), SAMPLE_RATE * 2 // 10  # 100 ms, sent at real time
+            for start in range(0, len(pcm), chunk):
+                ws.send(pcm[start:start + chunk])
+                time.sleep(0.1)
+            ws.send(json.dumps({"type": "transcription_session.finish"}))
+            events = _events(ws, "transcription_session.finished")
+        stop.set()
+        assert busiest[0] == 2, "the stream never had two decodes in the model at once"
+        deltas: dict[str, str] = {}
+        for event in events:
+            if event["type"].endswith("transcription.delta"):
+                deltas[event["item_id"]] = deltas.get(event["item_id"], "") + event["delta"]
+            elif event["type"].endswith("transcription.completed"):
+                assert event["transcript"] == deltas.get(event["item_id"], ""), (event, deltas)
+        assert "error" not in [e["type"] for e in events]
+        assert events[-1]["text"] == "".join(deltas.values())
+        assert _cer(reference, events[-1]["text"]) <= MAX_CER, events[-1]["text"]
+        _wait_for(lambda: queue.in_flight == 0)
+
+        with connect(url) as ws:  # leave while two decodes are in the model
+            json.loads(ws.recv(timeout=30))
+            ws.send(_pcm16(audio[: 3 * SAMPLE_RATE]))
+            _wait_for(lambda: queue.busy == 1)
+            ws.send(_pcm16(audio[3 * SAMPLE_RATE : 4 * SAMPLE_RATE]))  # new audio: the next decode starts now
+            _wait_for(lambda: queue.busy == 2)
+        _wait_for(lambda: queue.in_flight == 0 and app.state.server.streams.open == 0)

@@ -492,6 +492,33 @@ def test_queue_admission_batching_failure_and_close():
         q.acquire()
 
 
+def test_queue_workers_decode_side_by_side_and_live_jobs_do_not_wait_for_companions():
+    """``workers=2``: two batch calls run at once (the Transcriber's engine takes calls from several threads);
+    a job submitted with ``gather=False`` (a live decode) starts without waiting the gathering window; close()
+    stops every worker."""
+    from whisper_zh.server.queue import BatchingQueue
+
+    both_inside = threading.Barrier(2, timeout=10)
+    q = BatchingQueue(lambda items, o, p: (both_inside.wait(), list(items))[1], max_pending=4, max_batch=4,
+                      batch_window_s=5.0, workers=2)
+    q.start()
+    threads = list(q._threads)
+    assert len(threads) == 2
+    try:
+        started = time.monotonic()
+        first = q.acquire().submit(1, "a", gather=False)
+        while not q.busy:  # the first worker is inside the model with it
+            time.sleep(0.01)
+        second = q.acquire().submit(2, "b", gather=False)
+        # each call waits inside the model for the other: only two workers at once get past the barrier
+        assert (first.result(10), second.result(10)) == (1, 2)
+        assert time.monotonic() - started < 4.0  # neither waited the 5 s window for companions
+        assert q.busy == 0 and q.in_flight == 0
+    finally:
+        q.close(10)
+    assert not any(thread.is_alive() for thread in threads)
+
+
 def test_cancelled_job_frees_its_slot_and_samples():
     from whisper_zh.server.queue import BatchingQueue
 

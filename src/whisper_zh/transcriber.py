@@ -72,16 +72,18 @@ class Transcriber:
         device: str = "cpu",
         compute_type: str = "int8",
         cpu_threads: int = 0,
+        workers: int = 1,
         decoder: Decoder | None = None,
     ) -> None:
         """``engine``: "ctranslate2" (fast; a Transformers checkpoint is converted once and cached) or
         "transformers" (runs a Transformers checkpoint as it is; no packing or word timestamps). A ready
-        ``decoder`` (e.g. an in-memory model being trained) is used as it is."""
+        ``decoder`` (e.g. an in-memory model being trained) is used as it is. ``workers``: calls that may decode
+        at once from several threads (ctranslate2), each on ``cpu_threads`` threads."""
         self.model_name = str(model)
         if decoder is None:
             resolved = resolve_model(model)
             decoder = load_decoder(resolved, engine, device=device, compute_type=compute_type,
-                                   cpu_threads=cpu_threads)
+                                   cpu_threads=cpu_threads, workers=workers)
             layout, source = resolved.layout, resolved.source
         else:
             layout, source = "in-memory" if decoder.model_path.startswith("<") else "local", "local"

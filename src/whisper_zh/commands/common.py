@@ -77,13 +77,13 @@ def decode_options(args: argparse.Namespace, **extra: Any) -> DecodeOptions:
         raise UsageError(str(exc)) from exc
 
 
-def load_transcriber(args: argparse.Namespace, options: DecodeOptions) -> Any:
+def load_transcriber(args: argparse.Namespace, options: DecodeOptions, *, workers: int = 1) -> Any:
     """The Transcriber the shared flags ask for, checked against ``options`` (loading is slow: call it after
-    cheap checks)."""
+    cheap checks). ``workers``: decodes it may run at once, from as many threads."""
     from whisper_zh.transcriber import Transcriber
 
     transcriber = Transcriber(args.model, engine=args.engine, device=args.device, compute_type=args.compute_type,
-                              cpu_threads=args.threads)
+                              cpu_threads=args.threads, workers=workers)
     transcriber.check(options)
     return transcriber
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import os
 from collections.abc import Sequence
 from importlib.metadata import version
 from typing import Any
@@ -44,12 +45,17 @@ class CTranslate2Decoder:
     aligns_words = True
 
     def __init__(self, model_dir: str, *, device: str = "cpu", compute_type: str = "int8", cpu_threads: int = 0,
-                 storage_type: str = "unknown") -> None:
+                 workers: int = 1, storage_type: str = "unknown") -> None:
+        """``workers``: decodes that may run at once, from as many Python threads (CTranslate2's inter_threads;
+        each runs on ``cpu_threads`` threads of its own; 0 with several workers: the cores shared out among them,
+        rather than CTranslate2's default for each, which would oversubscribe the CPU)."""
+        if workers > 1 and cpu_threads == 0:
+            cpu_threads = max(1, (os.cpu_count() or 1) // workers)
         try:
-            self._model = WhisperModel(model_dir, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
+            self._model = WhisperModel(model_dir, device=device, compute_type=compute_type, cpu_threads=cpu_threads,
+                                       num_workers=workers)
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(_load_error(exc, device, compute_type)) from exc
-        self._pipeline = _PromptedPipeline(self._model)
         self.model_path = model_dir
         self.storage_type = storage_type
         self.compute_type = str(self._model.model.compute_type)
@@ -133,16 +139,17 @@ class CTranslate2Decoder:
         frames = _encoder_frames(windows, options.encoder_padding_seconds)
         features = np.stack([pad_or_trim(self._model.feature_extractor(w)[..., :-1], length=frames) for w in windows])
         metadata = [{"offset": 0.0, "duration": len(w) / SAMPLE_RATE} for w in windows]
-        self._pipeline.previous = previous
-        # The pipeline carries the previous batch's last word end into the next batch's first-word heuristics;
-        # every window here starts at 0 on its own timeline, so start each batch afresh.
-        self._pipeline.last_speech_timestamp = 0.0
+        # A pipeline per call: it holds the call's state (the prompts in, the tokens out, and the last word end,
+        # which it would carry into the next batch's first-word heuristics), so calls from several threads and
+        # consecutive batches stay apart.
+        pipeline = _PromptedPipeline(self._model)
+        pipeline.previous = previous
         fw_options = self._options(options, tokenizer, language, words, timestamps)
-        outputs = self._pipeline.forward(features, tokenizer, metadata, fw_options)
+        outputs = pipeline.forward(features, tokenizer, metadata, fw_options)
         return [
             Decoded(tuple(_raw_segment(item, words) for item in window),
                     _complete(tokens, tokenizer, len(audio) / SAMPLE_RATE, timestamps))
-            for window, tokens, audio in zip(outputs, self._pipeline.tokens, windows, strict=True)
+            for window, tokens, audio in zip(outputs, pipeline.tokens, windows, strict=True)
         ]
 
     # -- internals -------------------------------------------------------------------------------------------

@@ -61,10 +61,12 @@ def build_state(config: ServerConfig, transcriber: Any = None) -> ServerState:
         from whisper_zh.transcriber import Transcriber
 
         transcriber = Transcriber(config.model, engine=config.engine, device=config.device,
-                                  compute_type=config.compute_type, cpu_threads=config.cpu_threads)
+                                  compute_type=config.compute_type, cpu_threads=config.cpu_threads,
+                                  workers=config.workers)
     metrics = ServerMetrics()
     queue = BatchingQueue(_batch_fn(transcriber), max_pending=config.max_pending, max_batch=config.max_batch,
-                          batch_window_s=config.batch_window_s, on_batch=metrics.observe_batch)
+                          batch_window_s=config.batch_window_s, on_batch=metrics.observe_batch,
+                          workers=config.workers)
     uploads = UploadGate(config.max_uploading)
     streams = StreamGate(config.live.max_streams)
     metrics.watch(queue, uploads, streams)

@@ -42,6 +42,9 @@ class ServerConfig:
     device: str = "cpu"
     compute_type: str = "int8"
     cpu_threads: int = 0
+    # Decodes run at once, each on cpu_threads threads (CTranslate2; the queue gets as many workers). A live stream
+    # keeps up to this many decodes in flight, which is what lowers its latency: on 2 cores, 2 workers of 1 thread.
+    workers: int = 1
     # Decoding defaults; a request's language/prompt/temperature/granularities override them.
     # No packing: clips of different clients must never share one 30 s decoder window (a word split back
     # to the wrong clip would leak one client's speech into another's transcript); they share a batch
@@ -85,3 +88,7 @@ class ServerConfig:
 
     # Live transcription over WebSocket: streams at once, buffer cap, idle timeout, message size.
     live: LiveLimits = field(default_factory=LiveLimits)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")

@@ -1,10 +1,13 @@
 """The server's bounded, batching queue in front of the one shared model.
 
 HTTP handlers whose upload has been read take a slot (admission control: at most ``max_pending`` requests wait
-for or are in the model at once, the rest get 429), decode their upload, and submit the audio. One worker thread drains the queue: it takes
-every job waiting (up to ``max_batch``, after a short gathering window), groups the jobs whose decoding
-options are identical, and hands each group to ``transcribe_batch`` in one call, so requests from several
-clients share one batched decode. Memory is bounded by ``max_pending`` x the largest admitted audio.
+for or are in the model at once, the rest get 429), decode their upload, and submit the audio. A worker thread
+drains the queue: it takes every job waiting (up to ``max_batch``, after a short gathering window), groups the jobs
+whose decoding options are identical, and hands each group to ``transcribe_batch`` in one call, so requests from
+several clients share one batched decode. ``workers`` such threads drain it side by side when the model runs that
+many calls at once (``Transcriber(workers=...)``): on a small CPU, two one-thread decodes at once finish each about as
+fast as one alone, which is what lets a live stream overlap its decodes. Memory is bounded by ``max_pending`` x the
+largest admitted audio.
 
 ``Retry-After`` for a full queue is the time until the batch in the model should finish (a slot frees then),
 from the measured cost of decoding one second of audio.
@@ -54,6 +57,7 @@ class _Job:
     key: Hashable
     seconds: float = 0.0
     progress: ProgressFn | None = None  # called with the fraction (0..1) of its batch decoded so far
+    gather: bool = True  # a batch it starts waits the gathering window for companions
     future: Future = field(default_factory=Future)
 
 
@@ -89,10 +93,13 @@ class Slot:
         seconds: float = 0.0,
         progress: ProgressFn | None = None,
         keep: bool = False,
+        gather: bool = True,
     ) -> Future:
         """Queue ``audio`` for decoding. The slot is released when the job finishes or is cancelled, unless
-        ``keep``: then the caller (one request submitting several jobs in turn) releases it itself."""
-        job = _Job(audio, options, _options_key(options), seconds, progress)
+        ``keep``: then the caller (one request submitting several jobs in turn) releases it itself. Without
+        ``gather``, a batch this job starts takes only the jobs already waiting (a live decode: every wait is
+        latency, and its prompt rarely matches another stream's, so companions seldom come)."""
+        job = _Job(audio, options, _options_key(options), seconds, progress, gather)
         return self._owner._submit(self, job, release=not keep)
 
     def __enter__(self) -> Slot:
@@ -106,7 +113,7 @@ class Slot:
 
 
 class BatchingQueue:
-    """Admission control + a FIFO of jobs + one worker thread that decodes them in batches."""
+    """Admission control + a FIFO of jobs + worker threads that decode them in batches."""
 
     def __init__(
         self,
@@ -116,9 +123,11 @@ class BatchingQueue:
         max_batch: int = 8,
         batch_window_s: float = 0.05,
         on_batch: Callable[[BatchStats], None] | None = None,
+        workers: int = 1,
     ) -> None:
-        if max_pending < 1 or max_batch < 1:
-            raise ValueError("max_pending and max_batch must be at least 1")
+        if max_pending < 1 or max_batch < 1 or workers < 1:
+            raise ValueError("max_pending, max_batch and workers must be at least 1")
+        self.workers = workers
         self._batch_fn = batch_fn
         self.max_pending = max_pending
         self.max_batch = max_batch
@@ -128,12 +137,12 @@ class BatchingQueue:
         self._lock = threading.Lock()
         self._admitted = 0
         self._closed = False
-        self._busy = 0  # jobs inside the current batch call
-        self._batch_started = 0.0
-        self._batch_audio = 0.0  # audio seconds of the batch in the model now
+        self._busy = 0  # jobs inside batch calls now
+        self._batch_started = 0.0  # when the latest batch call began
+        self._batch_audio = 0.0  # audio seconds in the model now
         self._cost: float | None = None  # running estimate of wall seconds per audio second (None: not measured)
         self._last_batch_seconds = 1.0
-        self._worker: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # -- state -------------------------------------------------------------------------------------
     @property
@@ -166,23 +175,28 @@ class BatchingQueue:
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         with self._lock:
-            if self._worker is not None:
+            if self._threads:
                 return
             self._closed = False
-            self._worker = threading.Thread(target=self._run, name="whisper-zh-batcher", daemon=True)
-            self._worker.start()
+            self._threads = [threading.Thread(target=self._run, name=f"whisper-zh-batcher-{i}", daemon=True)
+                             for i in range(self.workers)]
+            for thread in self._threads:
+                thread.start()
 
     def close(self, timeout: float | None = None) -> None:
-        """Admit nothing new, finish every job already queued, then stop the worker."""
+        """Admit nothing new, finish every job already queued, then stop the workers."""
         with self._lock:
             self._closed = True
-            worker = self._worker
-        if worker is None:
+            threads = self._threads
+        if not threads:
             return
-        self._jobs.put(None)  # FIFO: the sentinel comes after every job already queued
-        worker.join(timeout)
+        for _ in threads:  # FIFO: the sentinels come after every job already queued, one for each worker
+            self._jobs.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         with self._lock:
-            self._worker = None
+            self._threads = []
 
     # -- admission ---------------------------------------------------------------------------------
     def acquire(self) -> Slot:
@@ -219,7 +233,7 @@ class BatchingQueue:
 
         job.future.add_done_callback(_done)
         with self._lock:
-            if self._closed or self._worker is None:
+            if self._closed or not self._threads:
                 job.future.set_exception(QueueClosedError("server is shutting down"))
                 return job.future
         self._jobs.put(job)
@@ -233,13 +247,13 @@ class BatchingQueue:
             if first is None:
                 break
             batch = [first]
-            deadline = time.monotonic() + self.batch_window_s
+            deadline = time.monotonic() + (self.batch_window_s if first.gather else 0.0)
             while len(batch) < self.max_batch:
                 try:
                     job = self._jobs.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
-                if job is None:
+                if job is None:  # this worker's sentinel: the batch in hand is its last
                     stop = True
                     break
                 batch.append(job)
@@ -251,7 +265,9 @@ class BatchingQueue:
     def _decode(self, group: list[_Job]) -> None:
         audio_seconds = sum(job.seconds for job in group)
         with self._lock:
-            self._batch_started, self._batch_audio, self._busy = time.monotonic(), audio_seconds, len(group)
+            self._batch_started = time.monotonic()
+            self._batch_audio += audio_seconds
+            self._busy += len(group)
         started = time.perf_counter()
         try:
             results = self._batch_fn([job.audio for job in group], group[0].options, _progress_for(group))
@@ -262,7 +278,8 @@ class BatchingQueue:
             results = [exc] * len(group)
         elapsed = time.perf_counter() - started
         with self._lock:
-            self._busy = 0
+            self._busy -= len(group)
+            self._batch_audio -= audio_seconds
             self._last_batch_seconds = elapsed
             if audio_seconds > 0:
                 cost = elapsed / audio_seconds

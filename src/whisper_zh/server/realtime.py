@@ -13,7 +13,9 @@ Who may connect is decided by the HTTP guard's own rule, :func:`~whisper_zh.serv
 middleware sees only HTTP scopes, so this route applies it to the handshake): the browser origin (a cross-site page
 must not open a stream to a local server; 403) and the server's API key (401), as an ``Authorization: Bearer``
 header or, from a browser, which cannot set headers, in OpenAI's subprotocol ``openai-insecure-api-key.KEY``.
-A client that goes away frees its slot at once (or as soon as a decode already running finishes). The protocol is
+A stream keeps up to ``ServerConfig.workers`` decodes in the queue at once (overlapped decodes: see
+:mod:`whisper_zh.live`); a client that goes away frees its slot at once, or as soon as the decodes already running
+finish. The protocol is
 documented in the README ("Live transcription").
 """
 
@@ -27,6 +29,8 @@ import itertools
 import json
 import logging
 import secrets
+import threading
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +46,7 @@ from whisper_zh.decoding import SCRIPTS, DecodeOptions
 from whisper_zh.live import (
     Committed,
     Completed,
+    DecodeRequest,
     LiveEvent,
     LiveOptions,
     LiveSession,
@@ -114,7 +119,7 @@ async def realtime(ws: WebSocket) -> None:
         await _refuse(ws, "server_busy", str(exc), 1013)
         return
     try:
-        connection = _Connection(ws, slot, state.streams, settings, limits)
+        connection = _Connection(ws, slot, state.streams, settings, limits, parallel=state.config.workers)
     except BaseException:
         slot.release()
         state.streams.leave()
@@ -261,21 +266,25 @@ class _Samples:
 
 class _Connection:
     """One open stream: a reader (client frames into the session) and a decoder (the session's requests through
-    the batching queue, events back), both stopped and everything freed when either ends."""
+    the batching queue, up to ``parallel`` at once, events back), both stopped and everything freed when either
+    ends."""
 
     def __init__(self, ws: WebSocket, slot: Slot, streams: StreamGate, settings: _SessionSettings,
-                 limits: LiveLimits) -> None:
+                 limits: LiveLimits, *, parallel: int = 1) -> None:
         self.ws, self.slot, self.streams, self.settings, self.limits = ws, slot, streams, settings, limits
+        self.parallel = parallel
         self.released = False
         self.id = "sess_" + secrets.token_hex(8)
         self.session = LiveSession(settings.decode, session_options(limits), name="item_" + self.id[5:])
         self.samples = _Samples(settings)
         self.event_ids = itertools.count(1)
         self.send_lock = asyncio.Lock()
-        self.wake = asyncio.Event()  # audio or a command arrived
+        self.wake = asyncio.Event()  # audio or a command arrived, or a decode finished
         self.progress = asyncio.Event()  # a decode finished (room in the buffer)
-        self.future: Future | None = None
+        self.flying: deque[tuple[DecodeRequest, Future]] = deque()  # requests in the queue, oldest first
         self.previous_item: str | None = None
+        self.release_lock = threading.Lock()
+        self.loop = asyncio.get_running_loop()
         self.finishing = False
 
     async def run(self) -> None:
@@ -298,16 +307,27 @@ class _Connection:
                     await self.ws.close(code=1000)
 
     def _release(self) -> None:
-        """Free the stream now, and the slot now or when the decode already inside the model finishes."""
+        """Free the stream now, and the slot now or when the decodes already inside the model finish."""
         if self.released:
             return
         self.released = True
         self.streams.leave()
-        future, self.future = self.future, None
-        if future is not None and not future.done() and not future.cancel():
-            future.add_done_callback(lambda _f: self.slot.release())
-        else:
+        running = [future for _, future in self.flying if not future.done() and not future.cancel()]
+        self.flying.clear()
+        if not running:
             self.slot.release()
+            return
+        left = [len(running)]
+
+        def _one_done(_future: Future) -> None:  # called in the queue's worker threads
+            with self.release_lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                self.slot.release()
+
+        for future in running:
+            future.add_done_callback(_one_done)
 
     # -- reading -------------------------------------------------------------------------------------------
     async def _read(self) -> None:
@@ -383,31 +403,54 @@ class _Connection:
 
     # -- decoding ------------------------------------------------------------------------------------------
     async def _decode(self) -> None:
+        """Up to ``parallel`` of the session's requests in the queue at once; results accepted oldest first."""
         session = self.session
-        while not session.done:
+        while not session.done or self.flying:
+            if self.flying and (len(self.flying) >= self.parallel or self.flying[0][1].done()):
+                if not await self._accept_oldest():
+                    return
+                continue
             # Over the cap, the reader waits for this loop: keep cutting the buffer down even without new audio.
-            if not session.due() and session.held_seconds <= self.limits.max_buffer_seconds:
-                self.wake.clear()
-                if not session.due():
-                    await self.wake.wait()
+            if not session.due() and (session.held_seconds <= self.limits.max_buffer_seconds or self.flying):
+                await self._idle()
                 continue
             step = await run_in_threadpool(session.prepare)
             await self._events(step.events)
             if step.request is not None:
                 request = step.request
-                self.future = self.slot.submit(request.audio, request.options, seconds=request.seconds, keep=True)
-                try:
-                    result = await asyncio.wrap_future(self.future)
-                except QueueClosedError:
-                    await self._error("server_shutting_down", "the server is shutting down", type_="server_error")
-                    return
-                except Exception as exc:  # noqa: BLE001 - a failed decode is reported, the stream goes on
-                    logger.exception("live decode failed")
-                    result = exc
-                self.future = None
-                await self._events(session.accept(request, result))
+                future = self.slot.submit(request.audio, request.options, seconds=request.seconds, keep=True,
+                                          gather=False)
+                future.add_done_callback(self._wake_from_worker)
+                self.flying.append((request, future))
             self.progress.set()
         await self._finished()
+
+    async def _idle(self) -> None:
+        """Wait for audio or a command, or for a decode in flight to finish."""
+        self.wake.clear()
+        if self.session.due() or (self.flying and self.flying[0][1].done()):
+            return
+        await self.wake.wait()
+
+    def _wake_from_worker(self, _future: Future) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            self.loop.call_soon_threadsafe(self.wake.set)
+
+    async def _accept_oldest(self) -> bool:
+        """Hand the oldest request's result to the session and send its events; False when the server closes."""
+        request, future = self.flying[0]
+        try:
+            result = await asyncio.wrap_future(future)
+        except QueueClosedError:
+            await self._error("server_shutting_down", "the server is shutting down", type_="server_error")
+            return False
+        except Exception as exc:  # noqa: BLE001 - a failed decode is reported, the stream goes on
+            logger.exception("live decode failed")
+            result = exc
+        self.flying.popleft()
+        await self._events(self.session.accept(request, result))
+        self.progress.set()
+        return True
 
     async def _finished(self) -> None:
         result = self.session.transcription()
