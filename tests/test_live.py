@@ -7,12 +7,14 @@ as the CLI runs it.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from whisper_zh.audio import SAMPLE_RATE, load_audio
 from whisper_zh.cli import main
-from whisper_zh.decoding import DEFAULT_ZH_PROMPT
+from whisper_zh.decoding import DEFAULT_ZH_PROMPT, DecodeOptions
 from whisper_zh.live import (
     Committed,
     Completed,
@@ -131,6 +133,7 @@ def test_as_fast_as_possible_decodes_each_utterance_once(transcriber, two_clips)
 
     events = list(play(session, audio, decode, speed=None))
     assert all(r.final for r in decodes) and len(decodes) == 2  # no re-decoding when all the audio is there
+    assert decodes[0].options.temperature == DecodeOptions().temperature  # a final decode keeps the fallback
     assert not any(isinstance(e, Partial) for e in events)
     assert _cer(reference, session.transcription().text) <= MAX_CER
     # the second utterance is decoded with the first one's text after the Mandarin prompt
@@ -177,6 +180,9 @@ def test_overlapping_requests_are_accepted_in_order_and_an_item_ends_on_its_late
     session.append(audio[: 4 * SAMPLE_RATE])
     a = session.prepare().request
     assert a is not None and not a.final and session.in_flight == 1
+    # a partial decode has no slower retries at higher temperatures, and every decode a token budget for its
+    # length (a looping decode otherwise runs to Whisper's 448 tokens)
+    assert a.options.temperature == (0.0,) and a.options.max_new_tokens == 20 + 15 * math.ceil(a.seconds)
     assert not session.due()  # no new audio yet: nothing to overlap with
     session.append(audio[4 * SAMPLE_RATE : 5 * SAMPLE_RATE])
     assert session.due()
@@ -270,7 +276,7 @@ def test_cli_live_prints_committed_text_and_writes_subtitles(two_clips, aishell_
     rows = {row["id"]: row for row in aishell_rows}
     path = rows[CLIP_IDS[0]]["path"]
     output = tmp_path / "live.srt"
-    assert main(["live", path, "--speed", "50", "--output", str(output)]) == 0
+    assert main(["live", path, "--speed", "50", "--workers", "2", "--threads", "1", "--output", str(output)]) == 0
     out = capsys.readouterr()
     printed = out.out.strip()
     assert _cer(rows[CLIP_IDS[0]]["text"], printed) <= MAX_CER, printed
@@ -289,6 +295,8 @@ def test_cli_live_refuses_what_cannot_work(tmp_path, capsys, aishell_rows):
     assert main(["live", str(tmp_path / "x.wav"), "--engine", "transformers"]) == 2
     assert "ctranslate2" in capsys.readouterr().err
     assert main(["live", str(tmp_path / "x.wav"), "--output", str(tmp_path / "out.docx")]) == 2
+    assert main(["live", str(tmp_path / "x.wav"), "--workers", "0"]) == 2
+    assert "--workers 0" in capsys.readouterr().err
     clip = aishell_rows[0]["path"]
     assert main(["live", clip, "--language", "xx"]) == 2  # checked against the model, as by transcribe
     assert "unknown language 'xx'" in capsys.readouterr().err

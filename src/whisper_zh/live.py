@@ -30,6 +30,7 @@ end is decided on its latest decode, as without overlap.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import threading
 import time
@@ -55,6 +56,10 @@ SENTENCE_END = frozenset(SENTENCE_MARKS)
 TIME_SLACK = 0.1
 # A committed tail of up to this many units that a new decode repeats at its head is dropped from it.
 MAX_OVERLAP = 10
+# Tokens a decode may write: a base of this many, and this many per second of its audio. Read Mandarin is 4-6
+# characters a second, about a token each plus marks; a decode past the cap is looping. Uncapped, a loop ran to
+# Whisper's 448 tokens: on the 9-minute bench file, one stream's text stopped for 10-17 s three times.
+TOKENS_BASE, TOKENS_PER_SECOND = 20, 15
 
 
 @dataclass(frozen=True)
@@ -484,8 +489,12 @@ class LiveSession:
 
     def _request(self, start: float, end: float, *, final: bool) -> DecodeRequest:
         audio = self._audio.view(start, end).copy()
-        return DecodeRequest(audio, self._prompted(start), start, start + len(audio) / SAMPLE_RATE, final,
-                             self._generation)
+        seconds = len(audio) / SAMPLE_RATE
+        # whole seconds: two streams' buffers of about the same length keep identical options (one batch)
+        options = self._prompted(start).with_(max_new_tokens=TOKENS_BASE + TOKENS_PER_SECOND * math.ceil(seconds))
+        if not final:  # a bad partial decode is superseded within a second: no slower retries at higher temperature
+            options = options.with_(temperature=options.temperature[:1])
+        return DecodeRequest(audio, options, start, start + seconds, final, self._generation)
 
     def _prompted(self, start: float) -> DecodeOptions:
         """The options with the committed text that lies before the buffer after the prompt (Whisper's own way

@@ -109,6 +109,7 @@ class CTranslate2Decoder:
             log_prob_threshold=options.log_prob_threshold,
             no_speech_threshold=options.no_speech_threshold,
             condition_on_previous_text=False,
+            max_new_tokens=options.max_new_tokens,
             initial_prompt=prompt,
             hotwords=options.hotwords,
             word_timestamps=words,
