@@ -18,7 +18,7 @@ Reported per run of N streams:
 - keeping up: how far the sender fell behind real time (the server stops reading a stream whose buffer is full),
   how long after the audio ended the last text came, and CPU seconds of the process per second of audio.
 
-Run: .venv/bin/python bench/live.py [--clips 100] [--streams 1,2,4] [--speed 1.0]
+Run: .venv/bin/python bench/live.py [--clips 100] [--streams 1,2,4] [--speed 1.0] [--workers 2 --threads 1]
      .venv/bin/python bench/live.py --fast [--context-chars 0] [--encoder-padding none]   (accuracy only: the session fed all at once)
 Latency depends on the CPU: on a shared machine, report CPU seconds beside wall time and say so.
 """
