@@ -519,6 +519,37 @@ def test_queue_workers_decode_side_by_side_and_live_jobs_do_not_wait_for_compani
     assert not any(thread.is_alive() for thread in threads)
 
 
+def test_a_live_job_leaves_the_jobs_behind_it_to_the_other_worker():
+    """Two streams' decodes waiting together: the worker that takes the first does not take the second too (it
+    has other options, so it would wait behind the first instead of running on the other worker)."""
+    from whisper_zh.server.queue import BatchingQueue
+
+    gates = {"first": threading.Event(), "held": threading.Event()}
+
+    def batch_fn(items, options, on_progress):
+        if options in gates:
+            gates[options].wait(10)
+        return list(items)
+
+    q = BatchingQueue(batch_fn, max_pending=4, max_batch=4, batch_window_s=0.0, workers=2)
+    q.start()
+    try:
+        busy = [q.acquire().submit(x, "first", gather=False) for x in (1, 2)]
+        while q.busy < 2:
+            time.sleep(0.01)
+        held = q.acquire().submit(3, "held", gather=False)  # both workers busy: these two wait together
+        other = q.acquire().submit(4, "other", gather=False)
+        gates["first"].set()
+        assert other.result(5) == 4  # ran on the second worker while the first holds "held"
+        assert not held.done()
+        gates["held"].set()
+        assert held.result(5) == 3 and [job.result(5) for job in busy] == [1, 2]
+    finally:
+        for gate in gates.values():
+            gate.set()
+        q.close(10)
+
+
 def test_cancelled_job_frees_its_slot_and_samples():
     from whisper_zh.server.queue import BatchingQueue
 

@@ -656,8 +656,9 @@ def play(
     all at once), decoding whatever the session asks for with ``decode``; yields the events as they come.
 
     Audio arrives by the clock: what a microphone would have delivered while a decode ran is appended after it.
-    ``parallel``: decodes that may run at once, each in a thread of its own (1: in this thread, one at a time;
-    more needs a decoder that runs calls side by side, e.g. ``Transcriber(workers=2)``)."""
+    ``parallel``: decodes that may run at once, each in a thread of its own (1: in this thread, one at a time).
+    More gains only with a decoder that runs calls side by side, e.g. ``Transcriber(workers=2)``; any other
+    serialises them, correctly but without the gain."""
     pool = ThreadPoolExecutor(parallel, thread_name_prefix="live-decode") if parallel > 1 else None
     flying: deque[tuple[DecodeRequest, Future]] = deque()
     started, fed, total = clock(), 0, len(audio)

@@ -97,8 +97,8 @@ class Slot:
     ) -> Future:
         """Queue ``audio`` for decoding. The slot is released when the job finishes or is cancelled, unless
         ``keep``: then the caller (one request submitting several jobs in turn) releases it itself. Without
-        ``gather``, a batch this job starts takes only the jobs already waiting (a live decode: every wait is
-        latency, and its prompt rarely matches another stream's, so companions seldom come)."""
+        ``gather`` (a live decode: every wait is latency, and its prompt rarely matches another stream's), a
+        batch this job starts takes only the jobs already waiting, and none when there are several workers."""
         job = _Job(audio, options, _options_key(options), seconds, progress, gather)
         return self._owner._submit(self, job, release=not keep)
 
@@ -248,7 +248,10 @@ class BatchingQueue:
                 break
             batch = [first]
             deadline = time.monotonic() + (self.batch_window_s if first.gather else 0.0)
-            while len(batch) < self.max_batch:
+            # A live job takes no companions where another worker may be free: a second stream's decode (other
+            # options, so a second group) would wait here for this one instead of running beside it.
+            limit = self.max_batch if first.gather or self.workers == 1 else 1
+            while len(batch) < limit:
                 try:
                     job = self._jobs.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
