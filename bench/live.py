@@ -18,7 +18,7 @@ Reported per run of N streams:
 - keeping up: how far the sender fell behind real time (the server stops reading a stream whose buffer is full),
   how long after the audio ended the last text came, and CPU seconds of the process per second of audio.
 
-Run: .venv/bin/python bench/live.py [--clips 100] [--streams 1,2,4] [--speed 1.0] [--workers 2 --threads 1]
+Run: .venv/bin/python bench/live.py [--clips 100] [--streams 1,2,4] [--speed 1.0] [--workers 2 --threads 1] [--repeats 3]
      .venv/bin/python bench/live.py --fast [--context-chars 0] [--encoder-padding none]   (accuracy only: the session fed all at once)
 Latency depends on the CPU: on a shared machine, report CPU seconds beside wall time and say so.
 """
@@ -222,6 +222,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1,
                         help="decodes at once, as `whisper-zh serve --workers`: each stream overlaps up to this many "
                         "(default: 1)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each stream count: the committed text differs from run to run (decodes start "
+                        "at slightly different moments), so several runs give its mean (default: 1)")
     parser.add_argument("--json", default=None, help="also write the raw numbers here")
     args = parser.parse_args()
     counts = [int(n) for n in args.streams.split(",")]
@@ -266,10 +269,16 @@ def main() -> int:
     with serve_in_thread(app) as base:
         url = base.replace("http://", "ws://") + "/v1/realtime"
         for n in counts:
-            results, wall, cpu = run_streams(url, audio, refs, n, args.speed)
-            for r in results:
-                print(_row(n, r, offline, wall, cpu / (n * seconds)))
-            report["runs"].append({"streams": n, "wall": wall, "cpu": cpu, "results": [_jsonable(r) for r in results]})
+            pooled = []
+            for _ in range(args.repeats):
+                results, wall, cpu = run_streams(url, audio, refs, n, args.speed)
+                for r in results:
+                    print(_row(n, r, offline, wall, cpu / (n * seconds)), flush=True)
+                pooled += results
+                report["runs"].append({"streams": n, "wall": wall, "cpu": cpu,
+                                       "results": [_jsonable(r) for r in results]})
+            if len(pooled) > 1:
+                print(_pooled_row(n, pooled, offline), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
     return 0
@@ -309,6 +318,24 @@ def _row(n: int, r: dict, offline: tuple[np.ndarray, np.ndarray], wall: float, c
             f"| {diff * 100:+.2f} [{dlow * 100:+.2f}, {dhigh * 100:+.2f}] | {r['retraction_rate']:.1%} of "
             f"{r['updates']} | {r['broken_commits']} | {r['sender_lag']:.2f} | {r['tail']:.2f} | {wall:.0f} "
             f"| {cpu_per_second:.2f} |")
+
+
+def _pooled_row(n: int, results: list[dict], offline: tuple[np.ndarray, np.ndarray]) -> str:
+    """All runs of ``n`` streams together: latencies pooled; the CER difference averaged over the runs, its
+    interval from resampling the clips (the same clips in every run and offline)."""
+    done = [r for r in results if not r["error"]]
+    lat = np.concatenate([r["latencies"] for r in done])
+    errors = np.sum([r["errors"][0] for r in done], axis=0), np.sum([r["errors"][1] for r in done], axis=0)
+    scaled = offline[0] * len(done), offline[1] * len(done)
+    diff, dlow, dhigh = paired_difference(errors, scaled)
+    rate, low, high = cer_with_ci(*errors)
+    each = ", ".join(f"{(r['errors'][0].sum() / r['errors'][1].sum() - offline[0].sum() / offline[1].sum()) * 100:+.2f}"
+                     for r in done)
+    return (f"| {n}, {len(done)} runs pooled | {np.percentile(lat, 50):.2f} / {np.percentile(lat, 95):.2f} / "
+            f"{lat.max():.2f} | {np.mean([r['first_text'] for r in done]):.2f} (mean) | {rate:.2%} [{low:.2%}, "
+            f"{high:.2%}] | {diff * 100:+.2f} [{dlow * 100:+.2f}, {dhigh * 100:+.2f}] (runs: {each}) | "
+            f"{np.mean([r['retraction_rate'] for r in done]):.1%} (mean) | {sum(r['broken_commits'] for r in done)} "
+            "| - | - | - | - |")
 
 
 def _jsonable(r: dict) -> dict:
