@@ -491,10 +491,11 @@ class LiveSession:
         audio = self._audio.view(start, end).copy()
         seconds = len(audio) / SAMPLE_RATE
         # whole seconds: two streams' buffers of about the same length keep identical options (one batch)
-        options = self._prompted(start).with_(max_new_tokens=TOKENS_BASE + TOKENS_PER_SECOND * math.ceil(seconds))
+        options = self._prompted(start)
+        changes = {"max_new_tokens": TOKENS_BASE + TOKENS_PER_SECOND * math.ceil(seconds)}
         if not final:  # a bad partial decode is superseded within a second: no slower retries at higher temperature
-            options = options.with_(temperature=options.temperature[:1])
-        return DecodeRequest(audio, options, start, start + seconds, final, self._generation)
+            changes["temperature"] = options.temperature[:1]
+        return DecodeRequest(audio, options.with_(**changes), start, start + seconds, final, self._generation)
 
     def _prompted(self, start: float) -> DecodeOptions:
         """The options with the committed text that lies before the buffer after the prompt (Whisper's own way
