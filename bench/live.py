@@ -222,6 +222,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1,
                         help="decodes at once, as `whisper-zh serve --workers`: each stream overlaps up to this many "
                         "(default: 1)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="other LiveOptions fields to change, e.g. step_seconds=0.4")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs of each stream count: the committed text differs from run to run (decodes start "
                         "at slightly different moments), so several runs give its mean (default: 1)")
@@ -237,6 +239,8 @@ def main() -> int:
     changes: dict = {} if args.context_chars is None else {"context_chars": args.context_chars}
     if args.encoder_padding is not None:
         changes["encoder_padding_seconds"] = None if args.encoder_padding == "none" else float(args.encoder_padding)
+    types = {name: type(getattr(LiveOptions(), name)) for name in LiveOptions.__dataclass_fields__}
+    changes |= {k: types[k](v) for k, v in (item.split("=", 1) for item in args.set)}
     live = LiveOptions(**changes)
 
     audio, refs = long_file(args.first, args.clips)

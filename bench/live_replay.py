@@ -11,6 +11,11 @@ decoded, residual 0.11 s). ``--decode-time actual`` uses the measured time inste
 overlap, as `whisper-zh serve --workers 2 --threads 1` runs them; two one-thread decodes on this 2-core machine
 each take as long as one alone (bench/RESULTS.md).
 
+What it does not remove: a small change of policy moves every later decode a little, so two policies' texts
+differ in many places that have nothing to do with the change. Eight settings replayed on the 100 clips (bench/
+RESULTS.md) scored between 13.39 % and 14.72 % with no pattern in the setting: a CER difference under about
+1.3 points between two settings is not shown by one replay each. The latency differences are stable.
+
 The latency is the virtual time from a word's end to its commit: it leaves out the server, the socket and the
 contention of a real process (the real bench measured 0.1-0.2 s more on the same code). Two replays can run side
 by side on the two cores; the results do not depend on the load.
