@@ -89,6 +89,22 @@ def cer_with_ci(errors: np.ndarray, lengths: np.ndarray) -> tuple[float, float, 
     return errors.sum() / lengths.sum(), low, high
 
 
+def accuracy(errors: tuple[np.ndarray, np.ndarray], offline: tuple[np.ndarray, np.ndarray]) -> str:
+    """One line: the CER of ``errors`` with its interval, and its paired difference from offline."""
+    rate, low, high = cer_with_ci(*errors)
+    diff, dlow, dhigh = paired_difference(errors, offline)
+    return (f"CER {rate:.2%} [{low:.2%}, {high:.2%}], minus offline {diff * 100:+.2f} points "
+            f"[{dlow * 100:+.2f}, {dhigh * 100:+.2f}]")
+
+
+def live_changes(items: list[str]) -> dict:
+    """``FIELD=VALUE`` items (--set) as LiveOptions changes, each value of its field's type."""
+    from whisper_zh.live import LiveOptions
+
+    types = {name: type(getattr(LiveOptions(), name)) for name in LiveOptions.__dataclass_fields__}
+    return {k: types[k](v) for k, v in (item.split("=", 1) for item in items)}
+
+
 def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[float, float, float]:
     """CER(a) - CER(b) over the same clips, with a 95% paired bootstrap interval (clips resampled together)."""
     rng = np.random.default_rng(0)
@@ -239,8 +255,7 @@ def main() -> int:
     changes: dict = {} if args.context_chars is None else {"context_chars": args.context_chars}
     if args.encoder_padding is not None:
         changes["encoder_padding_seconds"] = None if args.encoder_padding == "none" else float(args.encoder_padding)
-    types = {name: type(getattr(LiveOptions(), name)) for name in LiveOptions.__dataclass_fields__}
-    changes |= {k: types[k](v) for k, v in (item.split("=", 1) for item in args.set)}
+    changes |= live_changes(args.set)
     live = LiveOptions(**changes)
 
     audio, refs = long_file(args.first, args.clips)
@@ -303,11 +318,8 @@ def fast(transcriber, audio: np.ndarray, refs: list[str], offline, live, decode)
         pass
     wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     errors = clip_errors(refs, session.transcription().text)
-    rate, low, high = cer_with_ci(*errors)
-    diff, dlow, dhigh = paired_difference(errors, offline)
     print(f"session fed all at once (context {live.context_chars} chars, beam {decode.beam_size}, encoder padding "
-          f"{live.encoder_padding_seconds} s): CER {rate:.2%} [{low:.2%}, {high:.2%}], "
-          f"minus offline {diff * 100:+.2f} points [{dlow * 100:+.2f}, {dhigh * 100:+.2f}]; {len(decodes)} decodes, "
+          f"{live.encoder_padding_seconds} s): {accuracy(errors, offline)}; {len(decodes)} decodes, "
           f"{wall:.0f} s wall, {cpu:.0f} CPU s")
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from live import SAMPLE_RATE, cer_with_ci, clip_errors, long_file, paired_difference  # noqa: E402
+from live import SAMPLE_RATE, accuracy, clip_errors, live_changes, long_file  # noqa: E402
 
 DECODE_TIME = (0.403, 0.00553, 0.0367)  # seconds: fixed, per second of buffer, per character decoded
 TICK = 0.02  # the clock's step while nothing happens (play()'s polling interval)
@@ -109,8 +109,7 @@ def main() -> int:
     from whisper_zh import DecodeOptions, Transcriber
     from whisper_zh.live import LiveOptions, LiveSession
 
-    types = {name: type(getattr(LiveOptions(), name)) for name in LiveOptions.__dataclass_fields__}
-    changes = {k: types[k](v) for k, v in (item.split("=", 1) for item in args.set)}
+    changes = live_changes(args.set)
     audio, refs = long_file(args.first, args.clips)
     transcriber = Transcriber("base", cpu_threads=1)
     offline_text = _offline(transcriber, audio, args.offline)
@@ -121,15 +120,14 @@ def main() -> int:
                     args.parallel, args.decode_time == "actual")
     replay.run()
     errors, lat = clip_errors(refs, replay.text), np.array(replay.latencies)
-    rate, low, high = cer_with_ci(*errors)
-    diff, dlow, dhigh = paired_difference(errors, offline)
     print(f"{' '.join(args.set) or 'defaults'}: latency p50 / p95 / max {np.median(lat):.2f} / "
-          f"{np.percentile(lat, 95):.2f} / {lat.max():.2f} s; CER {rate:.2%} [{low:.2%}, {high:.2%}], minus offline "
-          f"{diff * 100:+.2f} [{dlow * 100:+.2f}, {dhigh * 100:+.2f}]; {replay.decodes} decodes, "
-          f"{time.process_time() - started:.0f} CPU s")
+          f"{np.percentile(lat, 95):.2f} / {lat.max():.2f} s; {accuracy(errors, offline)}; {replay.decodes} "
+          f"decodes, {time.process_time() - started:.0f} CPU s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"set": args.set, "p50": float(np.median(lat)), "cer": rate,
-                                               "minus_offline": diff, "text": replay.text}, ensure_ascii=False))
+        rate = errors[0].sum() / errors[1].sum()
+        Path(args.json).write_text(json.dumps({"set": args.set, "p50": float(np.median(lat)), "cer": float(rate),
+                                               "minus_offline": float(rate - offline[0].sum() / offline[1].sum()),
+                                               "text": replay.text}, ensure_ascii=False))
     return 0
 
 
