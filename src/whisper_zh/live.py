@@ -559,25 +559,35 @@ class _Planner:
             if not self.regions:
                 return self._silence()
             self.events.append(s._open_item(self.regions[0].start))
-        pause = _find_pause(self.regions, self.end, live.pause_seconds) if self.regions else (s._audio.start_s, None)
-        buffer_start = s._audio.start_s
-        ends = (pause is not None or self.end - buffer_start > live.max_item_seconds
-                or ((s._flush or s._finishing) and self.caught_up))
-        if ends and s._in_flight:  # the item's end is decided on its latest decode: look again once it is in
-            s._deferred = True
-            return Step(self.events, None)
-        if pause is not None:
-            return self._pause(*pause)
-        if self.end - buffer_start > live.max_item_seconds:
-            return Step(self.events, s._request(buffer_start, _forced_cut(self.regions, buffer_start, live), final=True))
-        if (s._flush or s._finishing) and self.caught_up:
-            s._flush = False
-            return Step(self.events, s._request(buffer_start, self.end, final=True))
+        end_item = self._end_of_item()
+        if end_item is not None:
+            if s._in_flight:  # the item's end is decided on its latest decode: look again once it is in
+                s._deferred = True
+                return Step(self.events, None)
+            return end_item()
         item = s._item
         assert item is not None
         if not item.units and self.end - item.start < live.first_decode_seconds + VAD_PAD:
             return Step(self.events, None)
-        return Step(self.events, s._request(buffer_start, self.end, final=False))
+        return Step(self.events, s._request(s._audio.start_s, self.end, final=False))
+
+    def _end_of_item(self) -> Callable[[], Step] | None:
+        """How the item ends on this look, if it does: at a pause, cut at the length limit, or flushed."""
+        s, live = self.s, self.s.live
+        start = s._audio.start_s
+        pause = _find_pause(self.regions, self.end, live.pause_seconds) if self.regions else (start, None)
+        if pause is not None:
+            return lambda: self._pause(*pause)
+        if self.end - start > live.max_item_seconds:
+            return lambda: Step(self.events, s._request(start, _forced_cut(self.regions, start, live), final=True))
+        if (s._flush or s._finishing) and self.caught_up:
+            return self._flushed
+        return None
+
+    def _flushed(self) -> Step:
+        """A commit or the end of the stream: decode the whole buffer as the item's last."""
+        self.s._flush = False
+        return Step(self.events, self.s._request(self.s._audio.start_s, self.end, final=True))
 
     def _silence(self) -> Step:
         s = self.s

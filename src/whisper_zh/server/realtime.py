@@ -29,7 +29,6 @@ import itertools
 import json
 import logging
 import secrets
-import threading
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -283,7 +282,6 @@ class _Connection:
         self.progress = asyncio.Event()  # a decode finished (room in the buffer)
         self.flying: deque[tuple[DecodeRequest, Future]] = deque()  # requests in the queue, oldest first
         self.previous_item: str | None = None
-        self.release_lock = threading.Lock()
         self.loop = asyncio.get_running_loop()
         self.finishing = False
 
@@ -317,13 +315,9 @@ class _Connection:
         if not running:
             self.slot.release()
             return
-        left = [len(running)]
 
         def _one_done(_future: Future) -> None:  # called in the queue's worker threads
-            with self.release_lock:
-                left[0] -= 1
-                last = left[0] == 0
-            if last:
+            if all(future.done() for future in running):  # Slot.release is idempotent: two last ones are fine
                 self.slot.release()
 
         for future in running:
