@@ -69,6 +69,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # WiSE-FT: the chosen weights moved halfway back to the base's at export (changes nothing during training,
     # so `--from RUN` can finish it from another run's checkpoints)
     "wise": {"wise_ft_alpha": 0.5},
+    # the same recipe with another seed (data order, augmentation draws, prompt dropout): is a result the recipe's?
+    "seed2": {"seed": 2},
 }
 
 
