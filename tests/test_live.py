@@ -18,6 +18,7 @@ from whisper_zh.decoding import DEFAULT_ZH_PROMPT, DecodeOptions
 from whisper_zh.live import (
     Committed,
     Completed,
+    LiveOptions,
     LiveSession,
     NothingToCommit,
     Partial,
@@ -216,9 +217,10 @@ def test_overlapping_requests_are_accepted_in_order_and_an_item_ends_on_its_late
 
 def test_play_overlaps_decodes_and_keeps_the_commits_in_order(transcriber, two_clips):
     """``play(parallel=2)`` on the real clock: decodes run side by side in threads (the Transcriber's engine takes
-    calls from several threads), and the text is as without overlap: never retracted, each item its commits."""
+    calls from several threads), and the text is as without overlap: never retracted, each item its commits. A
+    step shorter than any decode makes the overlap certain on a fast CPU too."""
     audio, reference = two_clips
-    session = LiveSession()
+    session = LiveSession(live=LiveOptions(step_seconds=0.2))
     most = [0]
 
     def decode(request):  # noqa: ANN001, ANN202
