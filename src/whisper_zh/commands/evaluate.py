@@ -7,12 +7,16 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from whisper_zh.commands.common import add_model_arguments, decode_options, ensure_writable, load_transcriber
 from whisper_zh.commands.ray_jobs import add_ray_arguments, evaluate_with_ray
 from whisper_zh.data import FORMATS
 from whisper_zh.errors import UsageError
 from whisper_zh.metrics import DEFAULT_RESAMPLES
+
+if TYPE_CHECKING:
+    from whisper_zh.evaluation import Evaluation
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -108,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir or _default_output_dir(args.model, args.data))
     ensure_writable(output_dir)  # fail now, not after an hour of transcription
     if args.ray is not None:  # many machines: transcribe on Ray, score the same way (whisper_zh.commands.ray_jobs)
-        return evaluate_with_ray(args, source, options, scorings, output_dir, _print_summary)
+        return evaluate_with_ray(args, source, options, scorings, output_dir, _write_report)
     started = time.perf_counter()
     transcriber = load_transcriber(args, options)
     load_seconds = time.perf_counter() - started
@@ -123,12 +127,7 @@ def run(args: argparse.Namespace) -> int:
         diagnostics=args.diagnostics,
     )
     result.report["timing"]["model_load_seconds"] = round(load_seconds, 3)
-    try:
-        paths = result.write(output_dir)
-    except OSError as exc:
-        raise UsageError(f"{output_dir}: cannot write the report ({exc.strerror or exc})") from exc
-    _print_summary(result.report, paths)
-    return 0
+    return _write_report(result, output_dir)
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -151,6 +150,16 @@ def _scorings(args: argparse.Namespace) -> dict:
         whitespace=not args.keep_spaces,
         letters=not args.keep_letters,
     )
+
+
+def _write_report(result: Evaluation, output_dir: Path) -> int:
+    """Write an Evaluation's report files into ``output_dir`` and print its summary; the exit status."""
+    try:
+        paths = result.write(output_dir)
+    except OSError as exc:
+        raise UsageError(f"{output_dir}: cannot write the report ({exc.strerror or exc})") from exc
+    _print_summary(result.report, paths)
+    return 0
 
 
 def _print_summary(report: dict, paths: dict) -> None:
@@ -189,12 +198,7 @@ def _rescore(args: argparse.Namespace) -> int:
     run_dir = source if source.is_dir() else source.parent
     output_dir = Path(args.output_dir) if args.output_dir else run_dir / "rescored"  # the original stays as it is
     ensure_writable(output_dir)
-    try:
-        paths = result.write(output_dir)
-    except OSError as exc:
-        raise UsageError(f"{output_dir}: cannot write the report ({exc.strerror or exc})") from exc
-    _print_summary(result.report, paths)
-    return 0
+    return _write_report(result, output_dir)
 
 
 def _compare(args: argparse.Namespace) -> int:

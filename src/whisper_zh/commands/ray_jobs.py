@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from whisper_zh.decoding import DecodeOptions
 from whisper_zh.distributed.plan import Item, probe_duration
@@ -25,6 +25,9 @@ from whisper_zh.errors import AudioError, UsageError
 from whisper_zh.files import atomic_write_text
 from whisper_zh.transcriber import GROUP_SECONDS
 from whisper_zh.writers import FORMATS, format_transcription
+
+if TYPE_CHECKING:
+    from whisper_zh.evaluation import Evaluation
 
 # Output formats only a Ray job writes: the shards alone, or the shards and a pseudo-label manifest.
 RAY_FORMATS: tuple[str, ...] = ("jsonl", "manifest")
@@ -93,7 +96,7 @@ def transcribe_with_ray(args: argparse.Namespace, sources: list[str], names: lis
 
 
 def evaluate_with_ray(args: argparse.Namespace, source: Any, options: DecodeOptions, scorings: dict,
-                      output_dir: Path, print_summary: Callable[[dict, dict], None]) -> int:
+                      output_dir: Path, write_report: Callable[[Evaluation, Path], int]) -> int:
     """`evaluate --ray`: transcribe on Ray into ``output_dir``, then score exactly as `evaluate` does."""
     from whisper_zh.distributed.pipeline import run_job
     from whisper_zh.evaluation import evaluation_from_results
@@ -118,12 +121,7 @@ def evaluate_with_ray(args: argparse.Namespace, source: Any, options: DecodeOpti
     )
     evaluation.report["timing"]["ray"] = {"workers": summary.workers, "skipped": summary.skipped,
                                           "peak_rss_mb": summary.peak_rss_mb}
-    try:
-        paths = evaluation.write(output_dir)
-    except OSError as exc:
-        raise UsageError(f"{output_dir}: cannot write the report ({exc.strerror or exc})") from exc
-    print_summary(evaluation.report, paths)
-    return 0
+    return write_report(evaluation, output_dir)
 
 
 def ray_options(args: argparse.Namespace) -> Any:
