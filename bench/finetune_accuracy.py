@@ -71,7 +71,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "wise": {"wise_ft_alpha": 0.5},
     # the same recipe with another seed (data order, augmentation draws, prompt dropout): is a result the recipe's?
     "seed2": {"seed": 2},
+    "seed3": {"seed": 3},
 }
+
+# The variant that recipes/whisper-base-zh-cn-small-data.yaml ships (tests/test_finetune_config.py checks that the
+# recipe resolves to it): pass it as --recipe to write its row as the JSON.
+SHIPPED_RECIPE = "speed+specaug+long+lr1e-5"
 
 
 def cpu_seconds() -> float:
@@ -113,19 +118,37 @@ def train(name: str, data: Path, runs: Path, extra: dict[str, Any], start_from: 
     if done.returncode:
         sys.exit(f"[{name}] finetune failed ({done.returncode}); see {out / 'finetune.log'}")
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
-    evals = [r for r in rows if "cer" in r]
-    interpolated = [r for r in evals if "interpolated" in r]  # exported whatever its dev CER
-    best = interpolated[-1] if interpolated else min(evals, key=lambda r: (r["cer"], r["step"]))
+    best = exported_row(rows)
     trained = [r for r in rows if "loss" in r and "event" not in r]
     record = {
         "variant": name, "config": config, "wall_seconds": round(time.perf_counter() - started, 1),
         "cpu_seconds": round(cpu_seconds() - cpu, 1), "train_seconds": round(trained[-1]["elapsed"], 1),
         "steps": trained[-1]["step"], "samples": trained[-1]["samples"], "best_step": best["step"],
-        "dev_cer": best["cer"], "dev_cer_plain": best.get("cer_plain"), "dev_curve": [(r["step"], r["cer"]) for r in evals],
+        "dev_cer": best["cer"], "dev_cer_plain": best.get("cer_plain"),
+        "dev_curve": [(r["step"], r["cer"]) for r in rows if "cer" in r],
         "load_average": os.getloadavg(), "resumed": resumed,
     }
     record_path.write_text(json.dumps(record, indent=1), encoding="utf-8")
     return record
+
+
+def exported_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The dev evaluation of the weights a run exported: a WiSE-FT interpolation whatever its CER, else the lowest
+    CER (an average of checkpoints included; the earliest of equals)."""
+    evals = [r for r in rows if "cer" in r]
+    interpolated = [r for r in evals if "interpolated" in r]
+    return interpolated[-1] if interpolated else min(evals, key=lambda r: (r["cer"], r["step"]))
+
+
+def exported_label(run: dict[str, Any]) -> str:
+    """"step 40", "average of steps 40, 50, 60" or "WiSE-FT 0.5 of step 40", read from the run's train log."""
+    log = Path(run["config"]["output_dir"]) / "train_log.jsonl"
+    row = exported_row([json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()])
+    if row.get("interpolated"):
+        return f"WiSE-FT {row['interpolated']:g} of step {row['step']}"
+    if row.get("averaged"):
+        return "average of steps " + ", ".join(str(step) for step in row["averaged"])
+    return f"step {row['step']}"
 
 
 def evaluate(model: str, data_file: Path, out: Path) -> Path:
@@ -237,7 +260,7 @@ def table(base: dict[str, Any], rows: list[tuple[str, dict, dict, dict]]) -> str
         sets = "; ".join(f"{100 * p.delta:+.2f}" for p in cmp["per_set"].values())
         lf = mine["long_form"]
         lines.append(
-            f"| {name} (step {run['best_step']}) | {pct(run['dev_cer'])} | {pct(t['rate'])} [{pct(t['ci_low'])}, "
+            f"| {name} ({exported_label(run)}) | {pct(run['dev_cer'])} | {pct(t['rate'])} [{pct(t['ci_low'])}, "
             f"{pct(t['ci_high'])}] | {100 * d.delta:+.2f} [{100 * d.ci_low:+.2f}, {100 * d.ci_high:+.2f}], "
             f"p={d.p_value:.3f} | {pct(mine['test']['plain']['cer']['rate'])} | {100 * o.delta:+.2f} "
             f"[{100 * o.ci_low:+.2f}, {100 * o.ci_high:+.2f}] ({sets}) | {cmp['retention']:.0%} "
