@@ -167,3 +167,21 @@ def test_settings_that_did_nothing_are_gone_and_old_files_still_load(tmp_path, c
         config = build_config(config_file=old)
     assert config.learning_rate == 2e-5
     assert "setting 'dataloader_workers' is ignored" in caplog.text and "'optimizer' is ignored" in caplog.text
+
+
+def test_small_data_recipe_is_the_variant_the_accuracy_bench_measured(tmp_path):
+    """The shipped small-data recipe must resolve to the settings bench/finetune_accuracy.py trained and scored
+    (bench/RESULTS.md), so that a change to either one is seen here."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "finetune_accuracy.py"
+    spec = importlib.util.spec_from_file_location("finetune_accuracy_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    measured = bench.variant_config(bench.SHIPPED_RECIPE, tmp_path, tmp_path / "out", {})
+    shipped = build_config(recipe="whisper-base-zh-cn-small-data").to_dict()
+    run_only = {"train", "eval", "output_dir", "skip_doctor"}  # where the bench's data and run go
+    differ = {k: (v, shipped[k]) for k, v in measured.items() if k not in run_only and shipped[k] != v}
+    assert differ == {}
+    assert shipped["learning_rate"] == 1e-5
