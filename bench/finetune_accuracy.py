@@ -142,11 +142,14 @@ def exported_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def exported_label(run: dict[str, Any]) -> str:
     """"step 40", "average of steps 40, 50, 60" or "WiSE-FT 0.5 of step 40", read from the run's train log."""
+    from whisper_zh.training.modelcard import weights_kind
+
     log = Path(run["config"]["output_dir"]) / "train_log.jsonl"
     row = exported_row([json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()])
-    if row.get("interpolated"):
+    kind = weights_kind(row)
+    if kind == "interpolated":
         return f"WiSE-FT {row['interpolated']:g} of step {row['step']}"
-    if row.get("averaged"):
+    if kind == "averaged":
         return "average of steps " + ", ".join(str(step) for step in row["averaged"])
     return f"step {row['step']}"
 
