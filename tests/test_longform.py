@@ -218,7 +218,7 @@ def _layout(clips: list[np.ndarray], rng: np.random.Generator, next_char: list[i
 
 
 @pytest.mark.parametrize("lossy", [False, True], ids=["lossless", "lossy"])
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(16))
 def test_any_layout_keeps_text_in_order_with_valid_times(speech_clips, seed, lossy):
     rng = np.random.default_rng(seed)
     next_char = [FIRST_CHAR]

@@ -352,9 +352,20 @@ class _Stream:
         # Prompted with the text before, Whisper sometimes leaves out the window's first sentence when it sounds
         # like the end of that text (六十四岁…挑水泥 after 日挑万斤水泥), and starts several seconds in. Without
         # VAD there is no telling speech from silence there, and a window decoded again costs little.
+        # It can also leave out everything, taking all it heard for the text before: nothing came back where VAD
+        # hears speech (a short last window of a stream, all of it said before its prompt ends).
+        if not self.context:
+            return False
+        if not any(s.text.strip() for s in segments):
+            return self.file.regions is not None and self._speech_before(self.head.duration)
         first = next((w for s in segments for w in s.words or ()), None)
-        return bool(self.context and first and first.start > LATE_START and (self.file.regions is None or speech_after(
-            self.file, self.head.offset, self.head.offset + first.start, at_least=LATE_START / 2, padded=False)))
+        return bool(first and first.start > LATE_START and (self.file.regions is None
+                                                            or self._speech_before(first.start)))
+
+    def _speech_before(self, seconds: float) -> bool:
+        """Whether VAD hears at least LATE_START / 2 of speech in the window's first ``seconds``."""
+        window = self.head
+        return speech_after(self.file, window.offset, window.offset + seconds, at_least=LATE_START / 2, padded=False)
 
     def advance(
         self, decoded: Decoded, kept: list[RawSegment]
