@@ -41,6 +41,17 @@ def test_packs_fill_windows_in_order_with_gaps():
     assert np.all(first.audio[int(5.0 * SR) + 10 : int((5.0 + PACK_GAP) * SR) - 10] == 0)  # silence between
 
 
+def test_packs_take_the_fewest_windows_first_fit_decreasing_finds_and_keep_input_order_inside():
+    # In input order 14 s, 20 s, 14 s and 8 s take three windows (14 | 20 | 14+8); longest first they fit in two.
+    files = [clip(i, s) for i, s in enumerate([14.0, 20.0, 14.0, 8.0])]
+    packs = make_packs(files)
+    assert [[m.file.index for m in p.members] for p in packs] == [[0, 2], [1, 3]]
+    assert all(p.duration <= PACK_WINDOW for p in packs)
+    first = packs[0]
+    assert first.file is files[0] and [(m.start, m.end) for m in first.members] == [(0.0, 14.0), (14.8, 28.8)]
+    assert np.all(first.audio[: 14 * SR] == 0.1) and np.all(first.audio[14 * SR + 10 : int(14.8 * SR) - 10] == 0)
+
+
 def test_packs_never_mix_languages():
     packs = make_packs([clip(0, 3, "zh"), clip(1, 3, "en"), clip(2, 3, "en")])
     assert [[m.file.index for m in p.members] for p in packs] == [[0], [1, 2]]
