@@ -46,6 +46,7 @@ MIN_WINDOW = 0.2
 PACK_MAX_CLIP = 20.0
 PACK_GAP = 0.8
 PACK_WINDOW = 29.0
+_GAP_SAMPLES = round(PACK_GAP * SAMPLE_RATE)
 # A word belongs to the clip in whose span its end falls, give or take this much (alignment jitter).
 PACK_SLACK = 0.15
 # A packed clip's words must start within COVER_SLACK of where VAD hears its speech begin (VAD pads speech by
@@ -87,13 +88,25 @@ class Window:
     """Up to 30 s of audio to decode: a stretch of one recording, or a pack of several short clips."""
 
     file: AudioFile  # the recording (for a pack: its first clip)
-    audio: np.ndarray
+    samples: np.ndarray | None  # a stretch: a view of the recording's samples; a pack: None (see ``audio``)
     offset: float = 0.0  # where the window starts on the recording's timeline (seconds)
     members: tuple[Member, ...] = field(default=())  # a pack's clips
 
     @property
+    def audio(self) -> np.ndarray:
+        """The window's samples. A pack's are put together on each call, so that only the packs being decoded
+        are held, not every pack of a group at once (a copy of all its audio: 77 MB for 20 minutes)."""
+        if self.samples is not None:
+            return self.samples
+        gap = np.zeros(_GAP_SAMPLES, np.float32)
+        return np.concatenate([part for m in self.members for part in (gap, m.file.audio)][1:])
+
+    @property
     def duration(self) -> float:
-        return len(self.audio) / SAMPLE_RATE
+        if self.samples is not None:
+            return len(self.samples) / SAMPLE_RATE
+        samples = sum(len(m.file.audio) for m in self.members) + _GAP_SAMPLES * (len(self.members) - 1)
+        return samples / SAMPLE_RATE
 
     @property
     def is_pack(self) -> bool:
@@ -257,13 +270,11 @@ def _closed(words: tuple[RawWord, ...]) -> tuple[RawWord, ...]:
 
 def _pack(files: list[AudioFile]) -> Window:
     """One window of ``files`` in this order, PACK_GAP of silence between them."""
-    gap = np.zeros(int(PACK_GAP * SAMPLE_RATE), np.float32)
     members, cursor = [], 0.0
     for file in files:
         members.append(Member(file, cursor, cursor + file.duration))
         cursor += file.duration + PACK_GAP
-    audio = np.concatenate([part for file in files for part in (gap, file.audio)][1:])
-    return Window(files[0], audio, 0.0, tuple(members))
+    return Window(files[0], None, 0.0, tuple(members))
 
 
 def unpack(pack: Window, segments: list[RawSegment]) -> dict[AudioFile, RawSegment | None]:
