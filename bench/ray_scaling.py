@@ -292,7 +292,9 @@ def scaling_model(stats: dict, audio: float, fixed: dict, front: dict, overhead:
     # Every worker loads its model once (the one-clip job's worker cost): take that out before dividing.
     worker = (_cpu(full, "worker") - threads * _cpu(one, "worker")) / extra_audio
     node = max(_cpu(full, "raylet") - _cpu(one, "raylet"), 0.0) / extra_audio
-    group_audio = 300.0  # --group-seconds' default: audio per group
+    from whisper_zh.transcriber import GROUP_SECONDS
+
+    group_audio = GROUP_SECONDS  # --group-seconds' default: audio per group
     files = group_audio / clip_seconds
     per_group = overhead["driver_cpu_per_group"] * files / overhead["files_per_group"]
     central = group_audio / per_group  # audio-s per s the driver's one core can take in

@@ -42,7 +42,8 @@ logger = logging.getLogger(__name__)
 # Audio held in memory at once by transcribe_iter before its windows are decoded (bounds memory on big batches):
 # 20 minutes, 77 MB of samples. A group's last batches are part-filled and its clips can share windows only with
 # each other, so bigger groups decode in fewer windows: on the 500 shared clips 1200 s took 117 windows in 32 calls
-# where 300 s took 133 in 45, 6 % less CPU for 55 MB more peak memory (bench/RESULTS.md).
+# where 300 s took 133 in 45, and 5 % less CPU (bench/RESULTS.md). A pack's samples are put together only when it
+# is decoded (chunking.Window.audio), so the group's audio is held once.
 GROUP_SECONDS = 1200.0
 
 ProgressCallback = Callable[[float], None]
