@@ -17,7 +17,6 @@ from whisper_zh.chunking import (
     window_at,
 )
 from whisper_zh.engines import RawSegment, RawWord
-from whisper_zh.vad import SPEECH_PAD, Span
 
 SR = 16000
 
@@ -169,25 +168,6 @@ def test_a_sentence_final_word_stretched_over_the_gap_stays_with_its_clip():
              RawWord(start_b + 0.3, start_b + 2.5, "想听歌曲。", 0.9)]
     out = unpack(pack, [segment(words)])
     assert out[a].text == "爸爸去哪儿。" and out[b].text == "想听歌曲。"
-
-
-def test_a_word_stretched_across_a_gap_goes_to_the_clip_whose_speech_it_covers():
-    a, b = clip(0, 4.0), clip(1, 4.0)
-    a.regions = [Span(0.4, 3.8)]  # speech from 0.8 to 3.4 s (VAD pads each side by SPEECH_PAD)
-    b.regions = [Span(0.2, 3.0)]  # speech from 0.6 to 2.6 s of b's own timeline
-    assert SPEECH_PAD == 0.4
-    (pack,) = make_packs([a, b])
-    start_b = 4.0 + PACK_GAP
-    # a's last word, written with a comma, stretched forward to where b's speech starts (W0043 lost 儿 so)
-    words = [RawWord(0.8, 1.6, "爸爸", 0.9), RawWord(1.6, 2.4, "去", 0.9), RawWord(2.4, 3.1, "哪", 0.9),
-             RawWord(3.1, start_b + 0.6, "儿，", 0.9), RawWord(start_b + 0.6, start_b + 2.5, "想听歌曲。", 0.9)]
-    out = unpack(pack, [segment(words)])
-    assert out[a].text == "爸爸去哪儿。" and out[b].text == "想听歌曲。"
-    # b's first word stretched back over a's trailing silence stays with b
-    words = [RawWord(0.8, 1.8, "今天", 0.9), RawWord(2.4, 3.4, "下雨。", 0.9),
-             RawWord(3.6, start_b + 1.0, "首先，", 0.9), RawWord(start_b + 1.0, start_b + 2.5, "明天晴。", 0.9)]
-    out = unpack(pack, [segment(words)])
-    assert out[a].text == "今天下雨。" and out[b].text == "首先，明天晴。"
 
 
 def _words(spec: str, start: float = 0.0, step: float = 1.0) -> list[RawWord]:

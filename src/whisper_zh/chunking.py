@@ -234,17 +234,6 @@ def make_packs(files: list[AudioFile]) -> list[Window]:
     return [_pack(members) for members in ordered]
 
 
-def _speech_in(member: Member, word: RawWord) -> float:
-    """Seconds of ``word`` (on the pack's timeline) that fall on the packed clip's speech, VAD's padding left out
-    (0.0 without VAD)."""
-    total = 0.0
-    for region in member.file.regions or ():
-        onset = member.start + region.start + (SPEECH_PAD if region.start > 0 else 0.0)
-        offset = member.start + region.end - (SPEECH_PAD if region.end < member.file.duration else 0.0)
-        total += max(0.0, min(offset, word.end) - max(onset, word.start))
-    return total
-
-
 def _covers(member: Member, words: list[RawWord]) -> bool:
     """Whether the words assigned to a packed clip account for all of its speech (as VAD hears it).
 
@@ -295,9 +284,7 @@ def unpack(pack: Window, segments: list[RawSegment]) -> dict[AudioFile, RawSegme
     A word goes to the clip in whose span its *end* falls: the alignment stretches the first word after a gap
     back over the silence, so start times and midpoints land in the previous clip while end times do not. A word
     that ends a sentence goes by its *start*: it is a clip's last word, and the alignment can stretch it forward
-    over the gap instead (爸爸去哪儿。 lost its 儿。 to the next clip). A word that still reaches back across a gap
-    goes to the clip whose speech (as VAD hears it) it covers more: written 儿， instead, the same word went to the
-    next clip by its end.
+    over the gap instead (爸爸去哪儿。 lost its 儿。 to the next clip).
     """
     if not segments:  # the decoder found no speech in the whole pack: every clip is silent, none to redo
         return {m.file: RawSegment("", 0.0, 0.0, 0.0, 1.0) for m in pack.members}
@@ -306,9 +293,6 @@ def unpack(pack: Window, segments: list[RawSegment]) -> dict[AudioFile, RawSegme
     for word in words:
         at = word.start + PACK_SLACK if word.text.rstrip().endswith(_SENTENCE_MARKS) else word.end
         k = next((k for k, m in enumerate(pack.members) if at <= m.end + PACK_SLACK), len(pack.members) - 1)
-        if k > 0 and word.start < pack.members[k].start and _speech_in(pack.members[k - 1], word) > _speech_in(
-                pack.members[k], word):
-            k -= 1
         assigned[k].append(word)
     template = segments[0] if segments else None
     out: dict[AudioFile, RawSegment | None] = {}
