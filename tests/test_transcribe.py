@@ -98,6 +98,23 @@ def test_a_short_encoder_context_keeps_accuracy_and_times(transcriber, news_rows
     assert _encoder_frames([np.zeros(16000 * 25)], 10.0) == 3000
 
 
+def test_a_windows_words_do_not_depend_on_the_windows_decoded_beside_it(transcriber, aishell_rows):
+    """faster-whisper's batched aligner carried the last word end of one window into the next window's first-word
+    heuristics. A clip after 3 s of silence, decoded second in a batch, had its first word 回 stretched back to
+    0.0 s; decoded alone it starts at 3.0 s, where the speech does."""
+    options = DecodeOptions()
+    before = read_flac(aishell_rows[10]["path"])
+    late = np.concatenate([np.zeros(3 * 16000, np.float32), read_flac(aishell_rows[11]["path"])])
+
+    def words(decoded):
+        return [(w.text, round(w.start, 2), round(w.end, 2)) for s in decoded.segments for w in s.words]
+
+    alone = transcriber.decoder.decode([late], options, language="zh", words=True, timestamps=True)[0]
+    beside = transcriber.decoder.decode([before, late], options, language="zh", words=True, timestamps=True)[1]
+    assert words(beside) == words(alone)
+    assert words(alone)[0][1] >= 2.5
+
+
 @pytest.mark.parametrize("pack", [True, False])
 def test_a_short_clip_does_not_come_out_as_the_prompt_sentence(transcriber, pack):
     from tests.conftest import SHARED_DATA
