@@ -1,8 +1,9 @@
 """The CTranslate2 engine, through faster-whisper: the default, and the only module that touches faster-whisper's
 decoding internals.
 
-Batches of windows go through ``BatchedInferencePipeline.forward`` (faster-whisper's own batched decoder, which
-also aligns words). Its ``TranscriptionOptions`` has no defaults of its own, so they are taken from the signature
+Batches of windows go through faster-whisper's own batched decoder, ``BatchedInferencePipeline`` (a subclass
+gives each window its own prompt; on a CPU the beam search runs on the whole batch, while encoding, splitting
+at timestamps and word alignment go window by window). Its ``TranscriptionOptions`` has no defaults of its own, so they are taken from the signature
 of faster-whisper's public ``BatchedInferencePipeline.transcribe``: a release that adds an option either gives
 it a default there (and it is picked up) or fails at load with a message naming it, never in the middle of a
 decode. Windows the batched pass gets wrong are decoded again with faster-whisper's public
