@@ -378,7 +378,8 @@ class _Stream:
     def _speech_before(self, seconds: float) -> bool:
         """Whether VAD hears at least LATE_START / 2 of speech in the window's first ``seconds``."""
         window = self.head
-        return speech_after(self.file, window.offset, window.offset + seconds, at_least=LATE_START / 2, padded=False)
+        return speech_after(self.file, window.offset, window.offset + seconds, at_least=LATE_START / 2,
+                            padded=False)
 
     def advance(
         self, decoded: Decoded, kept: list[RawSegment]

@@ -198,11 +198,11 @@ class _PromptedPipeline(BatchedInferencePipeline):
 
     Encoding and aligning a batch at once hold a score matrix per head for every window of it: 280 MB more at
     the peak each for four 30 s windows of base, and the reason ``transcribe`` peaked at 860 MB on the 500
-    shared clips (661 MB now; faster-whisper's sequential path 448-464 MB). One window at a time they hold almost none of it (17 MB and 0 MB more) and take less CPU
-    time, not more (four windows, base, int8: encoding 3.55 against 4.05 CPU s, aligning 150 tokens each 0.85
-    against 1.07 s). Only the beam search gains from the batch. Aligned one by one, each window's first-word
-    heuristics also start afresh, rather than from the last word of the window before it in the batch. A GPU
-    does all three at once.
+    shared clips (661 MB now; faster-whisper's sequential path 448-464 MB). One window at a time they hold
+    almost none of it (17 MB and 0 MB more) and take less CPU time, not more (four windows, base, int8:
+    encoding 3.55 against 4.05 CPU s, aligning 150 tokens each 0.85 against 1.07 s). Only the beam search
+    gains from the batch. Aligned one by one, each window's first-word heuristics also start afresh, rather
+    than from the last word of the window before it in the batch. A GPU does all three at once.
     """
 
     tokens: list[list[int]]  # after each decode(): the tokens each row decoded, unfinished segment included
