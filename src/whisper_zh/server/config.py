@@ -16,7 +16,10 @@ class LiveLimits:
     """Live transcription over WebSocket (``/v1/realtime``, :mod:`~whisper_zh.server.realtime`): its limits."""
 
     max_streams: int = 4  # streams open at once (each holds one model-queue slot); 0 turns the endpoint off
-    max_buffer_seconds: float = 60.0  # audio held per stream before the server stops reading its socket
+    max_buffer_seconds: float = 60.0  # audio held in memory per stream; what arrives beyond it waits on disk
+    # Audio a stream may send ahead of its transcription (on disk, server/spool.py): 1 h is 230 MB of float32.
+    # Past it the stream is told so in an error event, and what it sent is transcribed and finished.
+    max_spool_seconds: float = 3600.0
     idle_timeout_s: float = 30.0  # a stream that sends nothing this long is closed
     max_message_bytes: int = 1 << 20  # one WebSocket message; uvicorn closes the connection above twice this
     # How sessions decide when to decode and where to cut; None: LiveOptions' defaults. Not imported at run time:
@@ -27,8 +30,8 @@ class LiveLimits:
     def __post_init__(self) -> None:
         if self.max_streams < 0:
             raise ValueError("max_streams must be 0 (live transcription off) or more")
-        if self.idle_timeout_s <= 0 or self.max_buffer_seconds <= 0:
-            raise ValueError("the idle timeout and the buffer cap must be positive")
+        if self.idle_timeout_s <= 0 or self.max_buffer_seconds <= 0 or self.max_spool_seconds < 0:
+            raise ValueError("the idle timeout and the buffer cap must be positive, the spool cap 0 or more")
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be at least 1024")
 

@@ -6,8 +6,9 @@
 :class:`~whisper_zh.server.queue.BatchingQueue` (one slot per stream, held while it is open), so N streams share the
 one model and their decodes are batched together. Limits (:class:`~whisper_zh.server.config.LiveLimits`): at most
 ``max_streams`` streams (one more is refused with an ``error`` event and close code 1013), ``max_buffer_seconds`` of
-audio held per stream (beyond it the server stops reading the socket until decoding catches up), an idle timeout and
-a size limit per message.
+audio held in memory per stream (what a client sends faster than real time beyond it waits on disk,
+:mod:`~whisper_zh.server.spool`, up to ``max_spool_seconds``; the socket is always read, so keep-alive pings are
+answered), an idle timeout and a size limit per message.
 
 Who may connect is decided by the HTTP guard's own rule, :func:`~whisper_zh.server.guard.access_refusal` (the guard
 middleware sees only HTTP scopes, so this route applies it to the handshake): the browser origin (a cross-site page
@@ -58,6 +59,7 @@ from whisper_zh.server.config import LiveLimits
 from whisper_zh.server.errors import ApiError
 from whisper_zh.server.guard import access_refusal
 from whisper_zh.server.queue import QueueClosedError, QueueFullError, Slot
+from whisper_zh.server.spool import AudioSpool
 from whisper_zh.server.state import ServerState, StreamGate
 from whisper_zh.writers import format_transcription
 
@@ -213,7 +215,8 @@ class _SessionSettings:
             "turn_detection": {"type": "server_vad",
                                "silence_duration_ms": round(session_options(limits).pause_seconds * 1000)},
             "sample_rate": self.sample_rate, "script": d.script,
-            "limits": {"max_buffer_seconds": limits.max_buffer_seconds, "idle_timeout_seconds": limits.idle_timeout_s,
+            "limits": {"max_buffer_seconds": limits.max_buffer_seconds, "max_spool_seconds": limits.max_spool_seconds,
+                       "idle_timeout_seconds": limits.idle_timeout_s,
                        "max_message_bytes": limits.max_message_bytes},
         }
 
@@ -279,11 +282,12 @@ class _Connection:
         self.event_ids = itertools.count(1)
         self.send_lock = asyncio.Lock()
         self.wake = asyncio.Event()  # audio or a command arrived, or a decode finished
-        self.progress = asyncio.Event()  # a decode finished (room in the buffer)
+        self.spool = AudioSpool()  # audio received beyond max_buffer_seconds, waiting for room in the session
         self.flying: deque[tuple[DecodeRequest, Future]] = deque()  # requests in the queue, oldest first
         self.previous_item: str | None = None
         self.loop = asyncio.get_running_loop()
-        self.finishing = False
+        self.finishing = False  # no more audio taken; the session finishes once the spool is empty
+        self.told_finishing = False
 
     async def run(self) -> None:
         reader = decoder = None
@@ -298,6 +302,7 @@ class _Connection:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self.spool.close()
             # Before the close frame: a client that reconnects as soon as it sees the close finds the stream free.
             self._release()
             if self.ws.application_state != WebSocketState.DISCONNECTED:
@@ -325,14 +330,14 @@ class _Connection:
 
     # -- reading -------------------------------------------------------------------------------------------
     async def _read(self) -> None:
+        """Client messages into the session, as fast as they come (never paused: see server/spool.py)."""
         while True:
-            while self.session.held_seconds > self.limits.max_buffer_seconds:  # back-pressure on the socket
-                self.progress.clear()
-                await self.progress.wait()
             try:  # a finishing stream waits for its last decodes, not for the client
                 timeout = None if self.finishing else self.limits.idle_timeout_s
                 message = await asyncio.wait_for(self.ws.receive(), timeout)
             except asyncio.TimeoutError:
+                if self._behind():  # the client is waiting for the audio it sent ahead: not idle
+                    continue
                 await self._error("idle_timeout", f"no message for {self.limits.idle_timeout_s:.0f} s; closing")
                 return
             if message["type"] == "websocket.disconnect":
@@ -370,17 +375,43 @@ class _Connection:
         elif kind in ("transcription_session.update", "session.update"):
             await self._update(event.get("session"))
         elif kind == "transcription_session.finish":
-            self.finishing = True
-            self.session.finish()
+            self.finishing = True  # the decoder finishes the session once the spooled audio is in
         else:
             raise _Refused("unknown_event", f"unknown event type '{kind}'", "type")
 
+    def _behind(self) -> bool:
+        """Whether the server still has audio of this stream to transcribe."""
+        return bool(len(self.spool) or self.flying or self.session.due())
+
     def _append(self, data: bytes) -> None:
         if self.finishing:
+            if self.told_finishing:  # said once; a sender that goes on is not answered message by message
+                return
+            self.told_finishing = True
             raise _Refused("session_finishing", "the session is finishing; no more audio is taken")
         samples = self.samples.convert(data)
-        if len(samples):
+        if not len(samples):
+            return
+        seconds = len(samples) / SAMPLE_RATE
+        if not len(self.spool) and self.session.held_seconds + seconds <= self.limits.max_buffer_seconds:
             self.session.append(samples)
+            return
+        if self.spool.seconds + seconds > self.limits.max_spool_seconds:
+            self.finishing = self.told_finishing = True
+            raise _Refused("buffer_full", f"this stream is {self.spool.seconds + self.session.held_seconds:.0f} s "
+                           f"of audio ahead of its transcription, the most this server holds "
+                           f"({self.limits.max_buffer_seconds + self.limits.max_spool_seconds:.0f} s); no more audio "
+                           "is taken: what was received is transcribed and the session finishes")
+        self.spool.write(samples)
+
+    def _refill(self) -> None:
+        """Move spooled audio into the session as far as its buffer has room; finish the session once the spool
+        is empty, if the client asked for it (or a limit did)."""
+        room = int((self.limits.max_buffer_seconds - self.session.held_seconds) * SAMPLE_RATE)
+        if len(self.spool) and room > 0:
+            self.session.append(self.spool.read(room))
+        if self.finishing and not len(self.spool):
+            self.session.finish()
 
     async def _update(self, session: Any) -> None:
         if not isinstance(session, dict):
@@ -400,11 +431,12 @@ class _Connection:
         """Up to ``parallel`` of the session's requests in the queue at once; results accepted oldest first."""
         session = self.session
         while not session.done or self.flying:
+            self._refill()
             if self.flying and (len(self.flying) >= self.parallel or self.flying[0][1].done()):
                 if not await self._accept_oldest():
                     return
                 continue
-            # Over the cap, the reader waits for this loop: keep cutting the buffer down even without new audio.
+            # Over the cap, the spool waits for this loop: keep cutting the buffer down even without new audio.
             if not session.due() and (session.held_seconds <= self.limits.max_buffer_seconds or self.flying):
                 await self._idle()
                 continue
@@ -416,7 +448,6 @@ class _Connection:
                                           gather=False)
                 future.add_done_callback(self._wake_from_worker)
                 self.flying.append((request, future))
-            self.progress.set()
         await self._finished()
 
     async def _idle(self) -> None:
@@ -443,7 +474,6 @@ class _Connection:
             result = exc
         self.flying.popleft()
         await self._events(self.session.accept(request, result))
-        self.progress.set()
         return True
 
     async def _finished(self) -> None:
