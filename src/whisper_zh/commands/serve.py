@@ -77,8 +77,12 @@ def _add_limit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream-idle-timeout", type=float, default=live.idle_timeout_s,
                    help="close a live stream that sends nothing for this many seconds (default: %(default)g)")
     p.add_argument("--stream-max-buffer", type=float, default=live.max_buffer_seconds,
-                   help="seconds of audio a live stream may hold undecoded; beyond it the server stops reading that "
-                   "stream until decoding catches up (default: %(default)g)")
+                   help="seconds of audio a live stream may hold in memory undecoded; what a client sends faster than "
+                   "real time beyond it waits on disk (default: %(default)g)")
+    p.add_argument("--stream-max-spool", type=float, default=live.max_spool_seconds,
+                   help="seconds of audio a live stream may send ahead of its transcription on top of "
+                   "--stream-max-buffer (kept on disk, 230 MB an hour); past it the stream gets an error event and "
+                   "finishes with the text of what it sent (default: %(default)g)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,10 +136,10 @@ def _live_limits(args: argparse.Namespace) -> LiveLimits:
                          "uploads could never get a queue slot")
     try:
         live = LiveLimits(max_streams=args.max_streams, idle_timeout_s=args.stream_idle_timeout,
-                          max_buffer_seconds=args.stream_max_buffer)
+                          max_buffer_seconds=args.stream_max_buffer, max_spool_seconds=args.stream_max_spool)
         session_options(live)
     except ValueError as exc:
-        raise UsageError(f"--max-streams/--stream-idle-timeout/--stream-max-buffer: {exc}") from exc
+        raise UsageError(f"--max-streams/--stream-idle-timeout/--stream-max-buffer/--stream-max-spool: {exc}") from exc
     return live
 
 
