@@ -380,3 +380,94 @@ def test_a_sender_too_far_ahead_is_told_and_keeps_what_was_received(transcriber,
     kept = len(TextNormalizer()(finished["text"]))
     assert kept >= 0.5 * len(reference) * finished["duration"] / (len(audio) / SAMPLE_RATE), finished["text"]
     _wait_for(lambda: app.state.server.queue.in_flight == 0)
+
+
+def _openai_session(url: str, clips, *, current: bool) -> tuple[dict, dict]:  # noqa: ANN001
+    """OpenAI's own Python SDK, set up for transcription the way OpenAI documents it (the current shape with
+    ``client.realtime`` or the older ``transcription_session.update`` with ``client.beta.realtime``), fed 24 kHz
+    PCM16 without ever naming the rate: (the updated session, the finished event)."""
+    import openai
+
+    client = openai.OpenAI(api_key="unused", base_url=url.replace("ws://", "http://").removesuffix("/realtime"),
+                           websocket_base_url=url.removesuffix("/realtime"))
+    audio = np.concatenate([a for a, _ in clips])
+    pcm = _pcm16(soxr.resample(audio, SAMPLE_RATE, 24000).astype(np.float32))
+    realtime = client.realtime if current else client.beta.realtime
+    with realtime.connect(model="whisper-1", extra_query={"intent": "transcription"}) as connection:
+        if current:
+            connection.session.update(session={"type": "transcription", "audio": {"input": {
+                "format": {"type": "audio/pcm", "rate": 24000},
+                "transcription": {"model": "whisper-1", "language": "zh"}}}})
+        else:
+            connection.transcription_session.update(session={
+                "input_audio_format": "pcm16", "input_audio_transcription": {"model": "whisper-1", "language": "zh"}})
+        updated = None
+        for event in connection:
+            if event.type in ("session.updated", "transcription_session.updated"):
+                updated = event.model_dump()["session"]
+                break
+            assert event.type != "error", event
+        for start in range(0, len(pcm), 24000 * 2 // 5):  # 200 ms
+            connection.input_audio_buffer.append(audio=base64.b64encode(pcm[start:start + 24000 * 2 // 5]).decode())
+        connection.input_audio_buffer.commit()
+        connection.send({"type": "transcription_session.finish"})  # whisper-zh's: the whole text, then close
+        for event in connection:
+            assert event.type != "error", event
+            if event.type == "transcription_session.finished":
+                return updated, event.model_dump()
+    raise AssertionError("no transcription_session.finished")
+
+
+@pytest.mark.parametrize("current", [True, False], ids=["session.update", "transcription_session.update"])
+def test_openai_sdk_sessions_get_their_24_khz_audio_heard_at_24_khz(one_stream, clips, current):
+    """Issue 30, defect 8: OpenAI's pcm16 is 24 kHz, and its clients never send ``sample_rate``; heard at 16 kHz,
+    the speech was 1.5x slowed down and the finished duration 1.5x too long."""
+    _app, url = one_stream
+    updated, finished = _openai_session(url, clips, current=current)
+    assert updated["sample_rate"] == 24000, updated
+    if current:
+        assert updated["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    seconds = sum(len(a) for a, _ in clips) / SAMPLE_RATE
+    assert finished["duration"] == pytest.approx(seconds, abs=0.1)
+    assert _cer("".join(t for _, t in clips), finished["text"]) <= MAX_CER, finished["text"]
+
+
+def _update(ws, session: dict) -> dict:  # noqa: ANN001
+    ws.send(json.dumps({"type": "session.update", "session": session}))
+    return _events(ws, "transcription_session.updated", timeout=30)[-1]
+
+
+def test_session_updates_apply_whole_or_not_at_all_and_name_what_they_refuse(one_stream):
+    """Issue 30, defects 4 and 5: one bad field among good ones left the good ones applied; a superscript digit
+    as the rate crashed the handler; OpenAI shapes the server cannot honour are refused, not ignored."""
+    _app, url = one_stream
+    with connect(url) as ws:
+        json.loads(ws.recv(timeout=30))
+        refused = [
+            {"input_audio_format": "float32", "script": "traditional", "sample_rate": "fast"},
+            {"input_audio_format": "float32", "input_audio_transcription": {"language": "en", "prompt": "x" * 5000}},
+            {"sample_rate": 24000, "input_audio_transcription": {"language": "xx"}},
+            {"sample_rate": "１６０００"},
+            {"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcmu"}}}},
+            {"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000},
+                                                          "turn_detection": None}}},
+            {"type": "realtime"},
+            {"input_audio_format": "g711_ulaw"},
+            {"sample_rate": 16000, "type": "transcription", "audio": {"input": {"format": {"type": "audio/pcm"}}}},
+        ]
+        for session in refused:
+            ws.send(json.dumps({"type": "session.update", "session": session}))
+            error = _events(ws, "error", timeout=30)[-1]["error"]
+            assert error["code"] == "invalid_value" and error["param"].startswith("session."), (session, error)
+        state = _update(ws, {})["session"]
+        assert (state["input_audio_format"], state["sample_rate"], state["script"]) == ("pcm16", 16000, "simplified")
+        assert state["input_audio_transcription"]["language"] == "zh"
+        assert len(state["input_audio_transcription"]["prompt"] or "") < 100
+    _wait_for(lambda: _app.state.server.streams.open == 0)
+    with connect(url + "?sample_rate=%C2%B2") as ws:  # "²": str.isdigit() says yes, int() says no
+        refusal = json.loads(ws.recv(timeout=30))
+        assert refusal["type"] == "error" and refusal["error"]["param"] == "session.sample_rate", refusal
+        assert "\n" not in refusal["error"]["message"]
+        with pytest.raises(websockets.exceptions.ConnectionClosed):
+            ws.recv(timeout=10)
+    _wait_for(lambda: _app.state.server.streams.open == 0)

@@ -32,7 +32,6 @@ import logging
 import secrets
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,7 +41,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from whisper_zh.audio import SAMPLE_RATE
-from whisper_zh.decoding import SCRIPTS, DecodeOptions
 from whisper_zh.live import (
     Committed,
     Completed,
@@ -58,18 +56,18 @@ from whisper_zh.live import (
 from whisper_zh.server.config import LiveLimits
 from whisper_zh.server.errors import ApiError
 from whisper_zh.server.guard import access_refusal
+from whisper_zh.server.live_settings import SessionSettings, is_current_shape
 from whisper_zh.server.queue import QueueClosedError, QueueFullError, Slot
 from whisper_zh.server.spool import AudioSpool
 from whisper_zh.server.state import ServerState, StreamGate
+from whisper_zh.server.values import BadValue
 from whisper_zh.writers import format_transcription
 
 logger = logging.getLogger(__name__)
 
 PATH = "/v1/realtime"
-FORMATS = ("pcm16", "float32")  # little-endian mono samples
 SUBPROTOCOL = "realtime"
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
-SAMPLE_RATES = (8000, 96000)  # accepted input rates (resampled to 16 kHz)
 BUFFER_SLACK_SECONDS = 5.0  # the buffer must hold the longest utterance and this much audio behind it
 
 router = APIRouter()
@@ -101,8 +99,9 @@ async def realtime(ws: WebSocket) -> None:
         return
     await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in ws.scope.get("subprotocols", ()) else None)
     try:
-        settings = _SessionSettings.from_query(ws, state.config.decode, state.model.name, state.model.languages)
-    except _Refused as exc:
+        settings = SessionSettings.from_query(ws.query_params, _headers(ws), state.config.decode, state.model.name,
+                                              state.model.languages)
+    except BadValue as exc:
         await _refuse(ws, exc.code, exc.message, 1008, exc.param)
         return
     refusal = _unavailable(state)
@@ -128,9 +127,13 @@ async def realtime(ws: WebSocket) -> None:
     await connection.run()  # frees the stream and the slot, whatever happens
 
 
+def _headers(ws: WebSocket) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in ws.scope["headers"]}
+
+
 def _access_refusal(ws: WebSocket, state: ServerState) -> ApiError | None:
     """The guard's origin and key rule, applied to the handshake (a browser's key comes as a subprotocol)."""
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in ws.scope["headers"]}
+    headers = _headers(ws)
     keys = [p[len(KEY_SUBPROTOCOL):] for p in ws.scope.get("subprotocols", ()) if p.startswith(KEY_SUBPROTOCOL)]
     return access_refusal(headers, state.config, other_keys=keys)
 
@@ -166,86 +169,10 @@ def _error_event(event_id: str, code: str, message: str, param: str | None = Non
             "error": {"type": type_, "code": code, "message": message, "param": param, "event_id": None}}
 
 
-@dataclass
-class _SessionSettings:
-    """What a client chose: audio format and rate, and the decoding options (from the query or session.update)."""
-
-    decode: DecodeOptions
-    model: str
-    languages: frozenset[str]
-    input_format: str = "pcm16"
-    sample_rate: int = SAMPLE_RATE
-
-    @classmethod
-    def from_query(cls, ws: WebSocket, decode: DecodeOptions, model: str,
-                   languages: frozenset[str]) -> _SessionSettings:
-        """The server's defaults, changed by the URL's query (the same fields as session.update)."""
-        settings = cls(decode, model, languages)
-        query = ws.query_params
-        settings.update({"input_audio_format": query.get("input_audio_format"),
-                         "sample_rate": query.get("sample_rate"), "script": query.get("script"),
-                         "input_audio_transcription": {"language": query.get("language"),
-                                                       "prompt": query.get("prompt")}})
-        return settings
-
-    def update(self, session: dict[str, Any]) -> None:
-        fmt = session.get("input_audio_format")
-        if fmt is not None:
-            if fmt not in FORMATS:
-                raise _Refused("invalid_value", f"input_audio_format must be one of {', '.join(FORMATS)}",
-                               "session.input_audio_format")
-            self.input_format = fmt
-        rate = session.get("sample_rate")
-        if rate is not None:
-            if not str(rate).isdigit() or not SAMPLE_RATES[0] <= int(rate) <= SAMPLE_RATES[1]:
-                raise _Refused("invalid_value", f"sample_rate must be an integer from {SAMPLE_RATES[0]} to "
-                               f"{SAMPLE_RATES[1]}", "session.sample_rate")
-            self.sample_rate = int(rate)
-        decode = _decode_changes(self.decode, session)
-        if decode.language is not None and self.languages and decode.language not in self.languages:
-            raise _Refused("invalid_value", f"unknown language '{decode.language}': use a language code such as "
-                           "zh, or auto", "session.input_audio_transcription.language")
-        self.decode = decode
-
-    def describe(self, session_id: str, limits: LiveLimits) -> dict[str, Any]:
-        d = self.decode
-        return {
-            "id": session_id, "object": "realtime.transcription_session", "input_audio_format": self.input_format,
-            "input_audio_transcription": {"model": self.model, "language": d.language, "prompt": d.initial_prompt},
-            "turn_detection": {"type": "server_vad",
-                               "silence_duration_ms": round(session_options(limits).pause_seconds * 1000)},
-            "sample_rate": self.sample_rate, "script": d.script,
-            "limits": {"max_buffer_seconds": limits.max_buffer_seconds, "max_spool_seconds": limits.max_spool_seconds,
-                       "idle_timeout_seconds": limits.idle_timeout_s,
-                       "max_message_bytes": limits.max_message_bytes},
-        }
-
-
-def _decode_changes(decode: DecodeOptions, session: dict[str, Any]) -> DecodeOptions:
-    changes: dict[str, Any] = {}
-    transcription = session.get("input_audio_transcription") or {}
-    if not isinstance(transcription, dict):
-        raise _Refused("invalid_value", "input_audio_transcription must be an object",
-                       "session.input_audio_transcription")
-    language = transcription.get("language")
-    if language is not None and str(language).strip():
-        code = str(language).strip().lower()
-        changes["language"] = None if code == "auto" else code
-    prompt = transcription.get("prompt")
-    if prompt is not None:
-        changes["initial_prompt"] = str(prompt) or None
-    script = session.get("script")
-    if script is not None:
-        if script not in SCRIPTS:
-            raise _Refused("invalid_value", f"script must be one of {', '.join(SCRIPTS)}", "session.script")
-        changes["script"] = script
-    return decode.with_(**changes) if changes else decode
-
-
 class _Samples:
     """Client frames to 16 kHz float32 samples (soxr streams the resampling across frames)."""
 
-    def __init__(self, settings: _SessionSettings) -> None:
+    def __init__(self, settings: SessionSettings) -> None:
         self.format, self.rate = settings.input_format, settings.sample_rate
         self._resampler = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32") \
             if self.rate != SAMPLE_RATE else None
@@ -271,7 +198,7 @@ class _Connection:
     the batching queue, up to ``parallel`` at once, events back), both stopped and everything freed when either
     ends."""
 
-    def __init__(self, ws: WebSocket, slot: Slot, streams: StreamGate, settings: _SessionSettings,
+    def __init__(self, ws: WebSocket, slot: Slot, streams: StreamGate, settings: SessionSettings,
                  limits: LiveLimits, *, parallel: int = 1) -> None:
         self.ws, self.slot, self.streams, self.settings, self.limits = ws, slot, streams, settings, limits
         self.parallel = parallel
@@ -293,7 +220,7 @@ class _Connection:
         reader = decoder = None
         try:
             await self._send({"type": "transcription_session.created",
-                              "session": self.settings.describe(self.id, self.limits)})
+                              "session": self._describe()})
             reader = asyncio.ensure_future(self._read())
             decoder = asyncio.ensure_future(self._decode())
             await asyncio.wait({reader, decoder}, return_when=asyncio.FIRST_COMPLETED)
@@ -414,17 +341,26 @@ class _Connection:
             self.session.finish()
 
     async def _update(self, session: Any) -> None:
-        if not isinstance(session, dict):
-            raise _Refused("invalid_event", "session.update needs a 'session' object", "session")
+        """Apply a session update whole or not at all (see :mod:`~whisper_zh.server.live_settings`); answered in
+        the shape it came in."""
         try:
-            self.settings.update(session)
-        except ValueError as exc:
-            raise _Refused("invalid_value", str(exc), "session") from exc
-        if (self.settings.input_format, self.settings.sample_rate) != (self.samples.format, self.samples.rate):
-            self.samples = _Samples(self.settings)
-        self.session.set_options(self.settings.decode)
-        await self._send({"type": "transcription_session.updated",
-                          "session": self.settings.describe(self.id, self.limits)})
+            settings = self.settings.updated(session)
+        except BadValue as exc:
+            raise _Refused(exc.code, exc.message, exc.param) from exc
+        self.settings = settings
+        if (settings.input_format, settings.sample_rate) != (self.samples.format, self.samples.rate):
+            self.samples = _Samples(settings)
+        self.session.set_options(settings.decode)
+        current = is_current_shape(session)
+        await self._send({"type": "session.updated" if current else "transcription_session.updated",
+                          "session": self._describe(current=current)})
+
+    def _describe(self, *, current: bool = False) -> dict[str, Any]:
+        limits = self.limits
+        return self.settings.describe(
+            self.id, pause_ms=round(session_options(limits).pause_seconds * 1000), current=current,
+            limits={"max_buffer_seconds": limits.max_buffer_seconds, "max_spool_seconds": limits.max_spool_seconds,
+                    "idle_timeout_seconds": limits.idle_timeout_s, "max_message_bytes": limits.max_message_bytes})
 
     # -- decoding ------------------------------------------------------------------------------------------
     async def _decode(self) -> None:
