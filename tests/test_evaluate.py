@@ -290,3 +290,18 @@ def test_rescore_takes_either_file_and_keeps_the_original_report(tmp_path, capsy
     rescored = json.loads((tmp_path / "run" / "rescored" / "report.json").read_text(encoding="utf-8"))
     assert rescored["rescored_from"] == str(paths["predictions"])
     assert rescored["normalisation"]["plain"] != first.report["normalisation"]["plain"]
+
+
+def test_rows_without_duration_are_measured_from_the_audio(tmp_path, capsys, example_clips):
+    """Issue 30, defect 3: with the progress bar on, a manifest row without ``duration`` crashed evaluate (the bar
+    had no total). The duration is measured from the audio, as transcribe does."""
+    manifest = tmp_path / "manifest.jsonl"
+    rows = [{"id": row["id"], "audio": row["path"], "text": row["text"]} for row in example_clips]
+    manifest.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    out = tmp_path / "report"
+    assert main(["evaluate", "--model", "base", "--data", str(manifest), "--output-dir", str(out),
+                 "--beam-size", "1", "--resamples", "200"]) == 0
+    assert "transcribing 2 utterances" in capsys.readouterr().err  # the progress bar ran
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    expected = {row["id"]: row["duration"] for row in example_clips}
+    assert {p["id"]: round(p["duration"], 1) for p in predictions} == {k: round(v, 1) for k, v in expected.items()}
