@@ -7,6 +7,7 @@ Servers run in a thread (uvicorn, 127.0.0.1, a free port) around the session-wid
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import time
@@ -471,3 +472,54 @@ def test_session_updates_apply_whole_or_not_at_all_and_name_what_they_refuse(one
         with pytest.raises(websockets.exceptions.ConnectionClosed):
             ws.recv(timeout=10)
     _wait_for(lambda: _app.state.server.streams.open == 0)
+
+
+def test_bytes_without_speech_do_not_hold_a_stream_open(transcriber):
+    """Issue 30: the idle timeout counted messages only, so a byte now and then held a stream (and its queue
+    slot) for ever. Silence sent in time still times out once no speech was heard for the speech timeout."""
+    app, running = _server(transcriber, live=LiveLimits(max_streams=1, idle_timeout_s=2.0, speech_timeout_s=3.0))
+    with running as base, connect(base.replace("http://", "ws://") + "/v1/realtime") as ws:
+        json.loads(ws.recv(timeout=30))
+        started = time.monotonic()
+        events: list[dict] = []
+        with pytest.raises(websockets.exceptions.ConnectionClosed):
+            while time.monotonic() - started < 30:
+                ws.send(b"\x00\x00" * 160)  # 10 ms of silence every 0.5 s: never idle for 2 s
+                with contextlib.suppress(TimeoutError):
+                    events.append(json.loads(ws.recv(timeout=0.5)))
+        codes = [e["error"]["code"] for e in events if e["type"] == "error"]
+        assert codes == ["speech_timeout"], events
+        assert 3.0 <= time.monotonic() - started < 15
+    _wait_for(lambda: app.state.server.streams.open == 0)
+
+
+def test_shutdown_finishes_live_streams_with_their_text(transcriber, clips):
+    """Issue 30: on SIGTERM uvicorn closed live streams at once (1012) and their transcripts were lost. Now the
+    server stops listening, tells each stream, takes no more audio, and sends the finished text before closing."""
+    audio, reference = clips[0]
+    app, running = _server(transcriber)
+    events: list[dict] = []
+    ready = threading.Event()
+
+    def client(url: str) -> None:
+        with connect(url) as ws:
+            json.loads(ws.recv(timeout=30))
+            ws.send(_pcm16(audio))  # the whole clip, and no finish: the client would go on talking
+            for message in ws:
+                events.append(json.loads(message))
+                if events[-1]["type"] == "input_audio_buffer.speech_started":
+                    ready.set()
+
+    with running as base:
+        thread = threading.Thread(target=client, args=(base.replace("http://", "ws://") + "/v1/realtime",))
+        thread.start()
+        assert ready.wait(60)
+    # the with block has shut the server down (what SIGTERM does)
+    thread.join(60)
+    kinds = [e["type"] for e in events]
+    assert "transcription_session.finished" in kinds, kinds
+    errors = [e["error"]["code"] for e in events if e["type"] == "error"]
+    assert errors == ["server_shutting_down"], errors
+    finished = events[kinds.index("transcription_session.finished")]
+    assert finished["duration"] == pytest.approx(len(audio) / SAMPLE_RATE, abs=0.05)
+    assert _cer(reference, finished["text"]) <= MAX_CER, finished["text"]

@@ -55,9 +55,10 @@ from whisper_zh.live import (
 )
 from whisper_zh.server.config import LiveLimits
 from whisper_zh.server.errors import ApiError
-from whisper_zh.server.guard import access_refusal
+from whisper_zh.server.guard import access_refusal, client_address, host_refusal
 from whisper_zh.server.live_settings import SessionSettings, is_current_shape
 from whisper_zh.server.queue import QueueClosedError, QueueFullError, Slot
+from whisper_zh.server.security import PROXIED
 from whisper_zh.server.spool import AudioSpool
 from whisper_zh.server.state import ServerState, StreamGate
 from whisper_zh.server.values import BadValue
@@ -108,6 +109,9 @@ async def realtime(ws: WebSocket) -> None:
     if refusal is not None:
         await _refuse(ws, "unsupported", refusal, 1003)
         return
+    if state.streams.closing:
+        await _refuse(ws, "server_shutting_down", "the server is shutting down", 1012)
+        return
     if not state.streams.try_enter():
         await _refuse(ws, "max_streams_reached", f"this server takes at most {limits.max_streams} live streams "
                       "at once; try again later", 1013)
@@ -134,8 +138,12 @@ def _headers(ws: WebSocket) -> dict[str, str]:
 def _access_refusal(ws: WebSocket, state: ServerState) -> ApiError | None:
     """The guard's origin and key rule, applied to the handshake (a browser's key comes as a subprotocol)."""
     headers = _headers(ws)
+    refusal = host_refusal(headers, state.config)
+    if refusal is not None:
+        return refusal
     keys = [p[len(KEY_SUBPROTOCOL):] for p in ws.scope.get("subprotocols", ()) if p.startswith(KEY_SUBPROTOCOL)]
-    return access_refusal(headers, state.config, other_keys=keys)
+    return access_refusal(headers, state.config, other_keys=keys, proxied=bool(ws.scope.get(PROXIED)),
+                          client=client_address(ws.scope), key_failures=state.key_failures)
 
 
 def _unavailable(state: ServerState) -> str | None:
@@ -214,10 +222,12 @@ class _Connection:
         self.previous_item: str | None = None
         self.loop = asyncio.get_running_loop()
         self.finishing = False  # no more audio taken; the session finishes once the spool is empty
+        self.last_message = self.last_speech = self.loop.time()
         self.told_finishing = False
 
     async def run(self) -> None:
         reader = decoder = None
+        self.streams.connections.add(self)
         try:
             await self._send({"type": "transcription_session.created",
                               "session": self._describe()})
@@ -242,6 +252,7 @@ class _Connection:
             return
         self.released = True
         self.streams.leave()
+        self.streams.connections.discard(self)
         running = [future for _, future in self.flying if not future.done() and not future.cancel()]
         self.flying.clear()
         if not running:
@@ -258,15 +269,24 @@ class _Connection:
     # -- reading -------------------------------------------------------------------------------------------
     async def _read(self) -> None:
         """Client messages into the session, as fast as they come (never paused: see server/spool.py)."""
+        limits = self.limits
         while True:
-            try:  # a finishing stream waits for its last decodes, not for the client
-                timeout = None if self.finishing else self.limits.idle_timeout_s
+            if self._speechless():
+                await self._error("speech_timeout", f"no speech heard for {limits.speech_timeout_s:.0f} s; closing")
+                return
+            now = self.loop.time()
+            # a finishing stream waits for its last decodes, not for the client
+            timeout = None if self.finishing else max(0.5, min(self.last_message + limits.idle_timeout_s,
+                                                               self.last_speech + limits.speech_timeout_s) - now)
+            try:
                 message = await asyncio.wait_for(self.ws.receive(), timeout)
             except asyncio.TimeoutError:
-                if self._behind():  # the client is waiting for the audio it sent ahead: not idle
-                    continue
-                await self._error("idle_timeout", f"no message for {self.limits.idle_timeout_s:.0f} s; closing")
-                return
+                # the client may be waiting for the audio it sent ahead: not idle while the server is behind
+                if self.loop.time() - self.last_message >= limits.idle_timeout_s and not self._behind():
+                    await self._error("idle_timeout", f"no message for {limits.idle_timeout_s:.0f} s; closing")
+                    return
+                continue
+            self.last_message = self.loop.time()
             if message["type"] == "websocket.disconnect":
                 return
             try:
@@ -305,6 +325,20 @@ class _Connection:
             self.finishing = True  # the decoder finishes the session once the spooled audio is in
         else:
             raise _Refused("unknown_event", f"unknown event type '{kind}'", "type")
+
+    async def drain(self) -> None:
+        """The server is shutting down: take no more audio, and finish with the text of what was received."""
+        if self.finishing:
+            return
+        self.finishing = self.told_finishing = True
+        self.wake.set()
+        await self._error("server_shutting_down", "the server is shutting down: no more audio is taken; this "
+                          "session finishes with the text of what it received", type_="server_error")
+
+    def _speechless(self) -> bool:
+        """No speech heard (nor audio left to look at) for the speech timeout: bytes alone do not hold a stream."""
+        return (not self.finishing and self.loop.time() - self.last_speech > self.limits.speech_timeout_s
+                and not self._behind())
 
     def _behind(self) -> bool:
         """Whether the server still has audio of this stream to transcribe."""
@@ -422,6 +456,8 @@ class _Connection:
         # run() closes the socket once the stream and its slot are free
 
     async def _events(self, events: list[LiveEvent]) -> None:
+        if any(not isinstance(event, NothingToCommit) for event in events):  # speech started, went on or ended
+            self.last_speech = self.loop.time()
         for event in events:
             for message in self._wire(event):
                 await self._send(message)
