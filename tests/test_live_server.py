@@ -523,3 +523,29 @@ def test_shutdown_finishes_live_streams_with_their_text(transcriber, clips):
     finished = events[kinds.index("transcription_session.finished")]
     assert finished["duration"] == pytest.approx(len(audio) / SAMPLE_RATE, abs=0.05)
     assert _cer(reference, finished["text"]) <= MAX_CER, finished["text"]
+
+
+@pytest.mark.slow
+def test_two_hundred_aborted_streams_leave_memory_flat(transcriber):
+    """Issue 30: memory stayed allocated per aborted stream. 200 streams each send 40 s of audio at once (past a
+    15 s buffer: the rest is spooled) and drop the connection without a close frame; the server's resident memory
+    after the last is within 20 MB of where it was after the first 20 (allocator warm-up)."""
+    import psutil
+
+    app, running = _server(transcriber, live=SMALL_BUFFER)
+    rng = np.random.default_rng(0)
+    frame = _pcm16(rng.normal(0, 1e-3, 40 * SAMPLE_RATE).astype(np.float32))
+    process = psutil.Process()
+    with running as base:
+        url = base.replace("http://", "ws://") + "/v1/realtime"
+        for i in range(200):
+            ws = connect(url)
+            json.loads(ws.recv(timeout=30))
+            ws.send(frame)
+            ws.socket.shutdown(2)  # gone, no close frame
+            ws.close()
+            _wait_for(lambda: app.state.server.streams.open == 0 and app.state.server.queue.in_flight == 0)
+            if i == 19:
+                warm = process.memory_info().rss
+        grown = (process.memory_info().rss - warm) / 2**20
+    assert grown < 20, f"{grown:.1f} MB more after 180 more aborted streams"
