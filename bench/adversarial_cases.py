@@ -299,5 +299,5 @@ def tiny_clips(count: int) -> tuple[str, float]:
             time.sleep(0.2)
         total = time.perf_counter() - started
         written = len(list(out.glob("*.txt"))) if out.is_dir() else 0
-    first_text = f"{first:.0f} s" if first is not None else "at the end"
-    return f"{written}/{count} written; first after {first_text}", total
+    share = 100 * (first if first is not None else total) / total
+    return f"{written}/{count} written; the first at {share:.0f}% of the run", total
