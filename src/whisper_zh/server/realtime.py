@@ -8,7 +8,10 @@ one model and their decodes are batched together. Limits (:class:`~whisper_zh.se
 ``max_streams`` streams (one more is refused with an ``error`` event and close code 1013), ``max_buffer_seconds`` of
 audio held in memory per stream (what a client sends faster than real time beyond it waits on disk,
 :mod:`~whisper_zh.server.spool`, up to ``max_spool_seconds``; the socket is always read, so keep-alive pings are
-answered), an idle timeout and a size limit per message.
+answered), an idle timeout and a speech timeout (a byte now and then does not hold a stream open), and a size limit
+per message. On shutdown every stream is drained (:meth:`_Connection.drain`): told, no more audio taken, finished
+with its final text. What a client may choose (format, rate, language, prompt, script) and the session shapes of
+OpenAI's clients are read by :mod:`~whisper_zh.server.live_settings`.
 
 Who may connect is decided by the HTTP guard's own rule, :func:`~whisper_zh.server.guard.access_refusal` (the guard
 middleware sees only HTTP scopes, so this route applies it to the handshake): the browser origin (a cross-site page
@@ -17,7 +20,7 @@ header or, from a browser, which cannot set headers, in OpenAI's subprotocol ``o
 A stream keeps up to ``ServerConfig.workers`` decodes in the queue at once (overlapped decodes: see
 :mod:`whisper_zh.live`); a client that goes away frees its slot at once, or as soon as the decodes already running
 finish. The protocol is
-documented in the README ("Live transcription").
+documented in the README ("Live transcription") and docs/server.md.
 """
 
 from __future__ import annotations
