@@ -215,3 +215,29 @@ def test_no_pack_gives_each_file_the_text_it_gets_alone(example_clips, tmp_path,
     assert main(["transcribe", second, first, "--no-pack", "--quiet"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert f"[{first}] {alone}" in lines and cer(example_clips[0]["text"], alone).rate < 0.25
+
+
+def test_many_short_clips_are_written_as_they_finish(example_clips, tmp_path, monkeypatch):
+    """Issue 30: 1,000 clips of 0.1 s were one transcriber group (1200 s of audio), so no output was written until
+    all were decoded. The CLI hands the transcriber FILES_PER_CALL files at a time and writes each batch's outputs
+    before the next is decoded (here 2 per call, on four real clips)."""
+    from whisper_zh.commands import transcribe as command
+    from whisper_zh.transcriber import Transcriber
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i in range(4):
+        shutil.copy(example_clips[i % 2]["path"], clips / f"c{i}.flac")
+    out = tmp_path / "out"
+    seen: list[list[str]] = []
+    original = Transcriber.transcribe_iter
+
+    def watched(self, inputs, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.append(sorted(p.name for p in out.glob("*.txt")))  # what was on disk when this batch started
+        yield from original(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(command, "FILES_PER_CALL", 2)
+    monkeypatch.setattr(Transcriber, "transcribe_iter", watched)
+    assert main(["transcribe", str(clips), "--output-dir", str(out), "--quiet"]) == 0
+    assert seen == [[], ["c0.txt", "c1.txt"]]
+    assert sorted(p.name for p in out.iterdir()) == [f"c{i}.txt" for i in range(4)]

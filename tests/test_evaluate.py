@@ -292,16 +292,16 @@ def test_rescore_takes_either_file_and_keeps_the_original_report(tmp_path, capsy
     assert rescored["normalisation"]["plain"] != first.report["normalisation"]["plain"]
 
 
-def test_a_manifest_without_durations_evaluates_with_the_progress_bar(tmp_path, capsys):
-    """No `duration` in the rows: the bar has no total, and the run must still go through (it raised TypeError)."""
-    examples = Path(__file__).resolve().parents[1] / "examples"
-    rows = [json.loads(line) for line in (examples / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+def test_rows_without_duration_are_measured_from_the_audio(tmp_path, capsys, example_clips):
+    """Issue 30, defect 3: with the progress bar on, a manifest row without ``duration`` crashed evaluate (the bar
+    had no total). The duration is measured from the audio, as transcribe does."""
     manifest = tmp_path / "manifest.jsonl"
-    manifest.write_text("".join(
-        json.dumps({"id": r["id"], "audio": str(examples / r["audio"]), "text": r["text"]}, ensure_ascii=False) + "\n"
-        for r in rows), encoding="utf-8")
-    code = main(["evaluate", "--model", "base", "--data", str(manifest), "--output-dir", str(tmp_path / "out"),
-                 "--beam-size", "1", "--resamples", "0"])
-    assert code == 0
-    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
-    assert report["data"]["scored"] == 2 and report["metrics"]["plain"]["cer"]["rate"] < 0.2
+    rows = [{"id": row["id"], "audio": row["path"], "text": row["text"]} for row in example_clips]
+    manifest.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    out = tmp_path / "report"
+    assert main(["evaluate", "--model", "base", "--data", str(manifest), "--output-dir", str(out),
+                 "--beam-size", "1", "--resamples", "200"]) == 0
+    assert "transcribing 2 utterances" in capsys.readouterr().err  # the progress bar ran
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    expected = {row["id"]: row["duration"] for row in example_clips}
+    assert {p["id"]: round(p["duration"], 1) for p in predictions} == {k: round(v, 1) for k, v in expected.items()}

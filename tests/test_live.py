@@ -302,3 +302,12 @@ def test_cli_live_refuses_what_cannot_work(tmp_path, capsys, aishell_rows):
     clip = aishell_rows[0]["path"]
     assert main(["live", clip, "--language", "xx"]) == 2  # checked against the model, as by transcribe
     assert "unknown language 'xx'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("speed", ["nan", "inf", "-inf", "-2", "0", "1e9"])
+def test_cli_live_refuses_a_speed_that_is_not_a_speed(speed, capsys):
+    """Issue 30, defect 7: NaN passed ``speed <= 0`` and infinity overflowed the clock; one line, exit 2, before
+    the audio or the model is loaded (the file does not even exist)."""
+    assert main(["live", "no-such-file.flac", f"--speed={speed}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--speed {float(speed)}" in err and "Traceback" not in err, err

@@ -359,3 +359,20 @@ def test_a_group_whose_worker_always_dies_is_reported_and_the_job_goes_on(cluste
                        "/a/poison.wav": "/a/poison.wav: not transcribed: its group failed on all 2 tries (its worker died)"}
     assert len((store.root / "errors.jsonl").read_text(encoding="utf-8").splitlines()) == 3
     assert len(set(Path(attempts).read_text(encoding="utf-8").split())) == 2  # two worker processes died on it
+
+
+def test_an_unwritable_output_dir_is_one_line_before_ray_starts(example_clips, tmp_path, capsys):
+    """Issue 30, defect 6: ``--ray`` into a folder that cannot be written printed a traceback (after Ray had
+    started); now the same one-line error as without Ray, before any work."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    targets = [blocker / "sub"] + ([read_only] if os.geteuid() != 0 else [])  # root writes anywhere
+    for target in targets:
+        started = time.monotonic()
+        assert main(["transcribe", example_clips[0]["path"], "--ray", "--output-dir", str(target), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "cannot be written" in err and len(err.splitlines()) == 1, err
+        assert time.monotonic() - started < 10  # no Ray cluster was started

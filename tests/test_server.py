@@ -233,6 +233,10 @@ def test_bad_input_gets_openai_shaped_errors(server, manifest):
         "bad format": (400, None, _post(server, clip, response_format="docx")),
         "no file": (400, None, httpx.post(f"{server}/v1/audio/transcriptions", data={"model": "whisper-1"})),
         "words without verbose": (400, None, _post(server, clip, **{"timestamp_granularities[]": "word"})),
+        # issue 30: a prompt longer than the model can read, and numbers that are not numbers
+        "megabyte prompt": (400, None, _post(server, clip, prompt="录" * 100_000)),
+        "nan temperature": (400, None, _post(server, clip, temperature="nan")),
+        "superscript temperature": (400, None, _post(server, clip, temperature="\u00b2")),
     }
     for name, (status, code, response) in cases.items():
         assert response.status_code == status, (name, response.text)
@@ -241,6 +245,9 @@ def test_bad_input_gets_openai_shaped_errors(server, manifest):
         assert error["type"] == "invalid_request_error" and error["code"] == code, (name, error)
     assert "empty" in cases["empty"][2].json()["error"]["message"]
     assert cases["no file"][2].json()["error"]["param"] == "file"
+    prompt_error = cases["megabyte prompt"][2].json()["error"]
+    assert prompt_error["param"] == "prompt" and "223 tokens" in prompt_error["message"], prompt_error
+    assert all("\n" not in response.json()["error"]["message"] for _, _, response in cases.values())
     after = _metrics(server)
     errors = sum(
         v - before.get(k, 0.0) for k, v in after.items() if k[0] == "whisper_zh_request_errors_total"

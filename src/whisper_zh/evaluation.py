@@ -207,7 +207,7 @@ def evaluate(
     ):
         results[index] = result
         if bar is not None and isinstance(result, AudioError):
-            _advance(bar, utterances[index].duration or 0.0)
+            _advance(bar, utterances[index].duration or 0.0)  # the bar's total counts it as 0 if unreadable
     wall = time.perf_counter() - started
     if bar is not None:
         bar.close()
@@ -400,16 +400,23 @@ def _progress_bar(utterances: list[Utterance], enabled: bool) -> Any:
         return None
     from tqdm import tqdm
 
-    known = [u.duration for u in utterances if u.duration is not None]
-    total = round(sum(known), 1) if len(known) == len(utterances) else None
     return tqdm(
-        total=total,
+        total=round(sum(_seconds(u) for u in utterances), 1),
         unit="s",
         unit_scale=True,
         desc=f"transcribing {len(utterances)} utterances",
         file=sys.stderr,
         dynamic_ncols=True,
     )
+
+
+def _seconds(utterance: Utterance) -> float:
+    """The utterance's duration, from the manifest or else from the audio (as `transcribe` sizes its bar);
+    0 where the audio cannot be read (it is skipped and listed later)."""
+    try:
+        return utterance.measured_duration()
+    except (AudioError, OSError):
+        return 0.0
 
 
 def _advance(bar: Any, seconds: float) -> None:

@@ -9,6 +9,7 @@ also shows the unstable text on stderr.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,9 @@ from whisper_zh.errors import UsageError
 from whisper_zh.files import atomic_write_text
 from whisper_zh.live import Committed, Completed, LiveSession, Partial, play
 from whisper_zh.writers import FORMATS, format_transcription
+
+# Beyond this the clock adds nothing: the file is fed as fast as it is decoded (leave --speed out for that).
+MAX_SPEED = 1000.0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,8 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     speed = 1.0 if args.realtime else args.speed
-    if speed is not None and speed <= 0:
-        raise UsageError(f"--speed {args.speed}: must be above 0")
+    if speed is not None and not (math.isfinite(speed) and 0 < speed <= MAX_SPEED):  # NaN fails every comparison
+        raise UsageError(f"--speed {args.speed}: must be a number above 0 and at most {MAX_SPEED:g}; leave it out "
+                         "to feed the file as fast as it is decoded")
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be at least 1")
     if args.engine != "ctranslate2":

@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from whisper_zh.commands.common import ensure_writable
 from whisper_zh.decoding import DecodeOptions
 from whisper_zh.distributed.plan import Item, probe_duration
 from whisper_zh.distributed.pseudolabels import ConfidenceFilter, write_manifest
@@ -156,10 +157,10 @@ def _prepare(args: argparse.Namespace, options: DecodeOptions,
             raise UsageError("--ray needs --output-dir (where results are kept, and a re-run resumes)")
         output_dir = Path(args.output_dir)
     ray_opts = ray_options(args)
+    ensure_writable(output_dir)  # the same one-line error as without Ray, before the model or Ray is touched
     resolve_model(args.model)  # an unknown model fails here, with its reason, not in every worker
     spec = WorkerSpec(args.model, args.engine, args.device, args.compute_type, ray_opts.threads_per_worker, options)
     store = ResultStore(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     store.claim({"model": args.model, "engine": args.engine, "device": args.device,
                  "compute_type": args.compute_type, "decoding": asdict(options)})
     return store, spec, ray_opts

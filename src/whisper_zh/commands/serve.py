@@ -36,6 +36,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="let web pages from ORIGIN (e.g. https://app.example.com) call /v1 from a browser; repeatable "
         "(default: none, only this server's own page)",
     )
+    p.add_argument(
+        "--allowed-hosts", action="append", default=[], metavar="NAME",
+        help="host names this server answers to besides IP addresses and localhost (against DNS rebinding: bound to "
+        "a loopback address, a request naming any other Host gets 403); '.example.com' allows a domain and its "
+        "subdomains, '*' any name; repeatable (default: none; not checked when bound to another address unless "
+        "given)",
+    )
+    p.add_argument(
+        "--forwarded-allow-ips", default="", metavar="ADDRESSES",
+        help="comma-separated addresses or networks of reverse proxies whose X-Forwarded-For/-Proto/-Host headers "
+        "are believed (default: none, nobody's)",
+    )
+    p.add_argument("--max-key-failures", type=int, default=DEFAULTS.max_key_failures,
+                   help=f"wrong API keys from one address within {DEFAULTS.key_failure_window_s:g} s before it gets "
+                   "429 for the rest of that time (default: %(default)s; 0: no limit)")
     _add_limit_arguments(p)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=run)
@@ -76,9 +91,16 @@ def _add_limit_arguments(p: argparse.ArgumentParser) -> None:
                    "open, so this must stay below --max-queue; 0 turns live transcription off (default: %(default)s)")
     p.add_argument("--stream-idle-timeout", type=float, default=live.idle_timeout_s,
                    help="close a live stream that sends nothing for this many seconds (default: %(default)g)")
+    p.add_argument("--stream-speech-timeout", type=float, default=live.speech_timeout_s,
+                   help="close a live stream in which no speech was heard for this many seconds (bytes alone do not "
+                   "keep it open) (default: %(default)g)")
     p.add_argument("--stream-max-buffer", type=float, default=live.max_buffer_seconds,
-                   help="seconds of audio a live stream may hold undecoded; beyond it the server stops reading that "
-                   "stream until decoding catches up (default: %(default)g)")
+                   help="seconds of audio a live stream may hold in memory undecoded; what a client sends faster than "
+                   "real time beyond it waits on disk (default: %(default)g)")
+    p.add_argument("--stream-max-spool", type=float, default=live.max_spool_seconds,
+                   help="seconds of audio a live stream may send ahead of its transcription on top of "
+                   "--stream-max-buffer (kept on disk, 230 MB an hour); past it the stream gets an error event and "
+                   "finishes with the text of what it sent (default: %(default)g)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
         decode=decode_options(args, pack=False),  # see ServerConfig.decode
         api_key=args.api_key,
         cors_origins=tuple(args.cors_origin),
+        bind_host=args.host,
+        allowed_hosts=tuple(args.allowed_hosts),
+        forwarded_allow_ips=tuple(a.strip() for a in args.forwarded_allow_ips.split(",") if a.strip()),
+        max_key_failures=args.max_key_failures,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_audio_seconds=args.max_audio_minutes * 60,
         max_uploading=args.max_uploads,
@@ -132,10 +158,11 @@ def _live_limits(args: argparse.Namespace) -> LiveLimits:
                          "uploads could never get a queue slot")
     try:
         live = LiveLimits(max_streams=args.max_streams, idle_timeout_s=args.stream_idle_timeout,
-                          max_buffer_seconds=args.stream_max_buffer)
+                          speech_timeout_s=args.stream_speech_timeout,
+                          max_buffer_seconds=args.stream_max_buffer, max_spool_seconds=args.stream_max_spool)
         session_options(live)
     except ValueError as exc:
-        raise UsageError(f"--max-streams/--stream-idle-timeout/--stream-max-buffer: {exc}") from exc
+        raise UsageError(f"--max-streams/--stream-*: {exc}") from exc
     return live
 
 

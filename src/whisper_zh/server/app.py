@@ -1,7 +1,7 @@
 """Wiring: one model, its batching queue, the upload gate and metrics, the routers, the guard and the
 browser-facing middleware, and a lifespan that starts and drains the queue.
 
-Middleware, outermost first: security headers on every answer; CORS headers for ``--cors-origin`` origins (only
+Middleware, outermost first: forwarding headers believed from trusted proxies only; security headers on every answer; CORS headers for ``--cors-origin`` origins (only
 when some are configured); the :class:`~whisper_zh.server.guard.Guard`; then the routers of
 :data:`~whisper_zh.server.routes.ROUTERS` (among them :mod:`~whisper_zh.server.realtime`'s WebSocket route, which the
 guard does not see: it applies the guard's :func:`~whisper_zh.server.guard.access_refusal` itself). Another feature
@@ -28,10 +28,11 @@ from whisper_zh.server.config import ServerConfig
 from whisper_zh.server.errors import install_error_handlers
 from whisper_zh.server.forms import ServedModel
 from whisper_zh.server.guard import Guard
+from whisper_zh.server.keys import KeyFailures
 from whisper_zh.server.metrics import ServerMetrics
 from whisper_zh.server.queue import BatchingQueue
 from whisper_zh.server.routes import ROUTERS, STATIC_DIR
-from whisper_zh.server.security import SecurityHeaders
+from whisper_zh.server.security import ForwardedHeaders, SecurityHeaders
 from whisper_zh.server.state import ServerState, StreamGate
 from whisper_zh.server.uploads import UploadGate
 
@@ -47,11 +48,13 @@ def create_app(config: ServerConfig, *, transcriber: Any = None, routers: Iterab
     for router in routers:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.add_middleware(Guard, config=config, queue=state.queue, uploads=state.uploads, metrics=state.metrics)
+    app.add_middleware(Guard, config=config, queue=state.queue, uploads=state.uploads, metrics=state.metrics,
+                       key_failures=state.key_failures)
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"], max_age=600)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(ForwardedHeaders, trusted=config.forwarded_allow_ips)
     return app
 
 
@@ -82,7 +85,8 @@ def build_state(config: ServerConfig, transcriber: Any = None) -> ServerState:
     if default is not None and served.languages and default not in served.languages:
         raise UsageError(f"--language {default}: not a language model '{served.name}' knows (use a code such as "
                          "zh, en or yue, or auto)")
-    return ServerState(config, transcriber, queue, uploads, metrics, served, streams)
+    key_failures = KeyFailures(config.max_key_failures, config.key_failure_window_s)
+    return ServerState(config, transcriber, queue, uploads, metrics, served, streams, key_failures)
 
 
 def _batch_fn(transcriber: Any) -> Callable[[list[Any], DecodeOptions, Any], list[Any]]:

@@ -16,8 +16,14 @@ class LiveLimits:
     """Live transcription over WebSocket (``/v1/realtime``, :mod:`~whisper_zh.server.realtime`): its limits."""
 
     max_streams: int = 4  # streams open at once (each holds one model-queue slot); 0 turns the endpoint off
-    max_buffer_seconds: float = 60.0  # audio held per stream before the server stops reading its socket
+    max_buffer_seconds: float = 60.0  # audio held in memory per stream; what arrives beyond it waits on disk
+    # Audio a stream may send ahead of its transcription (on disk, server/spool.py): 1 h is 230 MB of float32.
+    # Past it the stream is told so in an error event, and what it sent is transcribed and finished.
+    max_spool_seconds: float = 3600.0
     idle_timeout_s: float = 30.0  # a stream that sends nothing this long is closed
+    # ... and one that sends no speech this long (seconds of wall time with no utterance heard or in progress), so
+    # that a byte now and then cannot hold a stream open; audio still waiting to be transcribed does not count.
+    speech_timeout_s: float = 120.0
     max_message_bytes: int = 1 << 20  # one WebSocket message; uvicorn closes the connection above twice this
     # How sessions decide when to decode and where to cut; None: LiveOptions' defaults. Not imported at run time:
     # whisper_zh.live loads the VAD (faster-whisper), and the settings stay importable without it.
@@ -27,8 +33,8 @@ class LiveLimits:
     def __post_init__(self) -> None:
         if self.max_streams < 0:
             raise ValueError("max_streams must be 0 (live transcription off) or more")
-        if self.idle_timeout_s <= 0 or self.max_buffer_seconds <= 0:
-            raise ValueError("the idle timeout and the buffer cap must be positive")
+        if min(self.idle_timeout_s, self.speech_timeout_s, self.max_buffer_seconds) <= 0 or self.max_spool_seconds < 0:
+            raise ValueError("the idle timeout and the buffer cap must be positive, the spool cap 0 or more")
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be at least 1024")
 
@@ -54,6 +60,15 @@ class ServerConfig:
     # Origins (scheme://host[:port]) whose web pages may call /v1 from a browser. Empty: only the server's own
     # page; a browser request from any other origin gets 403, and no CORS headers are sent.
     cors_origins: tuple[str, ...] = ()
+    # The address the server is bound to, and the host names it answers to besides IP addresses and localhost
+    # (DNS rebinding, server/security.py): bound to loopback, any other Host gets 403; "*" turns the check off.
+    bind_host: str = "127.0.0.1"
+    allowed_hosts: tuple[str, ...] = ()
+    # Proxies (addresses or networks) whose X-Forwarded-For/-Proto/-Host are believed; nobody's by default.
+    forwarded_allow_ips: tuple[str, ...] = ()
+    # Wrong API keys from one address before it is answered 429 for the rest of the window (server/keys.py).
+    max_key_failures: int = 10
+    key_failure_window_s: float = 60.0
 
     # -- what one request may take ------------------------------------------------------------------------
     max_upload_bytes: int = 25 * 1024 * 1024  # OpenAI's limit

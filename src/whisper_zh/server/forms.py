@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from whisper_zh.decoding import SCRIPTS, DecodeOptions, Task
+from whisper_zh.server import values
 from whisper_zh.server.errors import ApiError
 
 OPENAI_DEFAULT_MODEL = "whisper-1"  # what OpenAI's clients send; an alias of the served model
@@ -62,8 +63,16 @@ class TranscriptionRequest:
         """Check the form's fields (raises :class:`ApiError`) and build the request."""
         served.check_name(model)
         fields["granularities"] = tuple(fields.get("granularities") or ())
-        fields["language"] = (fields.get("language") or "").strip().lower() or None
         fields["script"] = fields.get("script") or None
+        try:  # every field through the one validator (server/values.py)
+            fields["language"] = values.language("language", fields.get("language"), served.languages)
+            values.prompt("prompt", fields.get("prompt"))
+            values.choice("script", fields["script"], SCRIPTS)
+            values.number("temperature", fields.get("temperature"), 0.0, 1.0)
+            values.choice("response_format", fields.get("response_format", "json"), RESPONSE_FORMATS)
+        except values.BadValue as exc:
+            code = "unsupported_language" if exc.param == "language" else None
+            raise ApiError(400, str(exc), param=exc.param, code=code) from None
         request = cls(**fields)
         request._check_format()
         request._check_values(served)

@@ -1,9 +1,10 @@
 """The API's front door: a pure-ASGI guard that decides before the body is read, and watches it while it is.
 
-For every request to ``/v1/`` it checks, in order, and answers at once without reading the body (so a refused
+Every HTTP request must name this server in its ``Host`` (403 otherwise: DNS rebinding, see
+:mod:`~whisper_zh.server.security`). For every request to ``/v1/`` it checks, in order, and answers at once without reading the body (so a refused
 upload costs neither memory nor disk): ambiguous framing (``Content-Length`` with ``Transfer-Encoding``, a
 request-smuggling risk behind a proxy: 400, for every path), the browser origin (403), the API key (401), the
-declared size (413), and for uploads whether the model queue is full (429) or closing (503) and whether another
+declared size (413) (an address that sent too many wrong keys gets 429 first: :mod:`~whisper_zh.server.keys`), and for uploads whether the model queue is full (429) or closing (503) and whether another
 upload may be read now (:class:`UploadGate`, 429).
 
 An admitted upload is read through :class:`_BodyReader`: past the size limit it is 413; slower than the
@@ -26,9 +27,10 @@ from typing import Any
 
 from whisper_zh.server.config import ServerConfig
 from whisper_zh.server.errors import ApiError, BodyError, queue_refused, too_large
+from whisper_zh.server.keys import KeyFailures
 from whisper_zh.server.metrics import ServerMetrics
 from whisper_zh.server.queue import BatchingQueue
-from whisper_zh.server.security import origin_allowed
+from whisper_zh.server.security import PROXIED, host_allowed, origin_allowed
 from whisper_zh.server.uploads import UploadGate, UploadPermit
 
 UPLOAD_PATHS = ("/v1/audio/transcriptions", "/v1/audio/translations")
@@ -40,8 +42,9 @@ class Guard:
     """Pure-ASGI middleware in front of the app (see the module docstring)."""
 
     def __init__(self, app: Any, *, config: ServerConfig, queue: BatchingQueue, uploads: UploadGate,
-                 metrics: ServerMetrics) -> None:
+                 metrics: ServerMetrics, key_failures: KeyFailures | None = None) -> None:
         self.app, self.config, self.queue, self.uploads, self.metrics = app, config, queue, uploads, metrics
+        self.key_failures = key_failures
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -51,6 +54,10 @@ class Guard:
         if "content-length" in headers and "transfer-encoding" in headers:
             error = ApiError(400, "a request must not send both Content-Length and Transfer-Encoding",
                              code="ambiguous_length", headers={"Connection": "close"})
+            await error.response()(scope, receive, send)
+            return
+        error = host_refusal(headers, self.config)
+        if error is not None:
             await error.response()(scope, receive, send)
             return
         if not scope["path"].startswith("/v1/"):
@@ -71,7 +78,7 @@ class Guard:
             self.metrics.observe_request(endpoint, status[0] if status else 500, time.monotonic() - started)
 
     async def _admit(self, scope: dict, headers: dict[str, str], receive: Any, send: Any) -> None:
-        error = self._refusal(headers)
+        error = self._refusal(scope, headers)
         upload = scope["path"] in UPLOAD_PATHS and scope["method"] == "POST"
         permit = None
         if error is None and upload:
@@ -94,8 +101,9 @@ class Guard:
             if permit is not None:
                 permit.release()
 
-    def _refusal(self, headers: dict[str, str]) -> ApiError | None:
-        error = access_refusal(headers, self.config)
+    def _refusal(self, scope: dict, headers: dict[str, str]) -> ApiError | None:
+        error = access_refusal(headers, self.config, proxied=bool(scope.get(PROXIED)),
+                               client=client_address(scope), key_failures=self.key_failures)
         if error is not None:
             return error
         length = headers.get("content-length")
@@ -109,12 +117,30 @@ class Guard:
         return None if refusal is None else queue_refused(refusal)
 
 
-def access_refusal(headers: dict[str, str], config: ServerConfig, *, other_keys: Iterable[str] = ()) -> ApiError | None:
+def host_refusal(headers: dict[str, str], config: ServerConfig) -> ApiError | None:
+    """403 unless the request's ``Host`` names this server (DNS rebinding; see server/security.py)."""
+    if host_allowed(headers.get("host", ""), config.bind_host, config.allowed_hosts):
+        return None
+    host = headers.get("host", "")[:100]
+    return ApiError(403, f"this server does not answer to the host name '{host}' (start it with --allowed-hosts "
+                    "to add a name)", code="host_not_allowed")
+
+
+def client_address(scope: dict) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+def access_refusal(headers: dict[str, str], config: ServerConfig, *, other_keys: Iterable[str] = (),
+                   proxied: bool = False, client: str | None = None,
+                   key_failures: KeyFailures | None = None) -> ApiError | None:
     """Who may use ``/v1``, the one rule for HTTP requests (the guard) and WebSocket handshakes (which the guard
     does not see; :mod:`~whisper_zh.server.realtime` calls this): the browser origin (403), then the API key (401)
     as ``Authorization: Bearer KEY``, or in ``other_keys`` where a client cannot set headers (a browser's
-    WebSocket sends it as a subprotocol). Keys are compared in constant time. ``headers``: lower-cased names."""
-    if not origin_allowed(headers, config.cors_origins):
+    WebSocket sends it as a subprotocol). Keys are compared in constant time; ``key_failures`` counts the wrong
+    ones per ``client`` address and answers 429 once there were too many. ``headers``: lower-cased names;
+    ``proxied``: the peer is a trusted proxy (its X-Forwarded-Host counts as this server's name)."""
+    if not origin_allowed(headers, config.cors_origins, proxied=proxied):
         return ApiError(403, f"requests from the web page at {headers.get('origin', 'another site')} are not "
                         "allowed (start the server with --cors-origin to allow it)", code="origin_not_allowed")
     if config.api_key:
@@ -123,10 +149,18 @@ def access_refusal(headers: dict[str, str], config: ServerConfig, *, other_keys:
         tokens = [token for token in tokens if token]
         if not tokens:
             return ApiError(401, "missing API key: send 'Authorization: Bearer KEY'", code="invalid_api_key")
+        wait = key_failures.retry_after(client) if key_failures is not None else None
+        if wait is not None:
+            return ApiError(429, f"too many wrong API keys from this address; retry after {wait} s",
+                            type_="requests", code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
         expected = config.api_key.encode()
         matches = [secrets.compare_digest(token.encode(), expected) for token in tokens]  # every one compared
         if not any(matches):
+            if key_failures is not None:
+                key_failures.failed(client)
             return ApiError(401, "incorrect API key provided", code="invalid_api_key")
+        if key_failures is not None:
+            key_failures.succeeded(client)
     return None
 
 

@@ -6,8 +6,12 @@
 :class:`~whisper_zh.server.queue.BatchingQueue` (one slot per stream, held while it is open), so N streams share the
 one model and their decodes are batched together. Limits (:class:`~whisper_zh.server.config.LiveLimits`): at most
 ``max_streams`` streams (one more is refused with an ``error`` event and close code 1013), ``max_buffer_seconds`` of
-audio held per stream (beyond it the server stops reading the socket until decoding catches up), an idle timeout and
-a size limit per message.
+audio held in memory per stream (what a client sends faster than real time beyond it waits on disk,
+:mod:`~whisper_zh.server.spool`, up to ``max_spool_seconds``; the socket is always read, so keep-alive pings are
+answered), an idle timeout and a speech timeout (a byte now and then does not hold a stream open), and a size limit
+per message. On shutdown every stream is drained (:meth:`_Connection.drain`): told, no more audio taken, finished
+with its final text. What a client may choose (format, rate, language, prompt, script) and the session shapes of
+OpenAI's clients are read by :mod:`~whisper_zh.server.live_settings`.
 
 Who may connect is decided by the HTTP guard's own rule, :func:`~whisper_zh.server.guard.access_refusal` (the guard
 middleware sees only HTTP scopes, so this route applies it to the handshake): the browser origin (a cross-site page
@@ -16,7 +20,7 @@ header or, from a browser, which cannot set headers, in OpenAI's subprotocol ``o
 A stream keeps up to ``ServerConfig.workers`` decodes in the queue at once (overlapped decodes: see
 :mod:`whisper_zh.live`); a client that goes away frees its slot at once, or as soon as the decodes already running
 finish. The protocol is
-documented in the README ("Live transcription").
+documented in the README ("Live transcription") and docs/server.md.
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ import logging
 import secrets
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,7 +44,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from whisper_zh.audio import SAMPLE_RATE
-from whisper_zh.decoding import SCRIPTS, DecodeOptions
 from whisper_zh.live import (
     Committed,
     Completed,
@@ -56,18 +58,20 @@ from whisper_zh.live import (
 )
 from whisper_zh.server.config import LiveLimits
 from whisper_zh.server.errors import ApiError
-from whisper_zh.server.guard import access_refusal
+from whisper_zh.server.guard import access_refusal, client_address, host_refusal
+from whisper_zh.server.live_settings import SessionSettings, is_current_shape
 from whisper_zh.server.queue import QueueClosedError, QueueFullError, Slot
+from whisper_zh.server.security import PROXIED
+from whisper_zh.server.spool import AudioSpool
 from whisper_zh.server.state import ServerState, StreamGate
+from whisper_zh.server.values import BadValue
 from whisper_zh.writers import format_transcription
 
 logger = logging.getLogger(__name__)
 
 PATH = "/v1/realtime"
-FORMATS = ("pcm16", "float32")  # little-endian mono samples
 SUBPROTOCOL = "realtime"
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
-SAMPLE_RATES = (8000, 96000)  # accepted input rates (resampled to 16 kHz)
 BUFFER_SLACK_SECONDS = 5.0  # the buffer must hold the longest utterance and this much audio behind it
 
 router = APIRouter()
@@ -99,13 +103,17 @@ async def realtime(ws: WebSocket) -> None:
         return
     await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in ws.scope.get("subprotocols", ()) else None)
     try:
-        settings = _SessionSettings.from_query(ws, state.config.decode, state.model.name, state.model.languages)
-    except _Refused as exc:
+        settings = SessionSettings.from_query(ws.query_params, _headers(ws), state.config.decode, state.model.name,
+                                              state.model.languages)
+    except BadValue as exc:
         await _refuse(ws, exc.code, exc.message, 1008, exc.param)
         return
     refusal = _unavailable(state)
     if refusal is not None:
         await _refuse(ws, "unsupported", refusal, 1003)
+        return
+    if state.streams.closing:
+        await _refuse(ws, "server_shutting_down", "the server is shutting down", 1012)
         return
     if not state.streams.try_enter():
         await _refuse(ws, "max_streams_reached", f"this server takes at most {limits.max_streams} live streams "
@@ -126,11 +134,19 @@ async def realtime(ws: WebSocket) -> None:
     await connection.run()  # frees the stream and the slot, whatever happens
 
 
+def _headers(ws: WebSocket) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in ws.scope["headers"]}
+
+
 def _access_refusal(ws: WebSocket, state: ServerState) -> ApiError | None:
     """The guard's origin and key rule, applied to the handshake (a browser's key comes as a subprotocol)."""
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in ws.scope["headers"]}
+    headers = _headers(ws)
+    refusal = host_refusal(headers, state.config)
+    if refusal is not None:
+        return refusal
     keys = [p[len(KEY_SUBPROTOCOL):] for p in ws.scope.get("subprotocols", ()) if p.startswith(KEY_SUBPROTOCOL)]
-    return access_refusal(headers, state.config, other_keys=keys)
+    return access_refusal(headers, state.config, other_keys=keys, proxied=bool(ws.scope.get(PROXIED)),
+                          client=client_address(ws.scope), key_failures=state.key_failures)
 
 
 def _unavailable(state: ServerState) -> str | None:
@@ -164,85 +180,10 @@ def _error_event(event_id: str, code: str, message: str, param: str | None = Non
             "error": {"type": type_, "code": code, "message": message, "param": param, "event_id": None}}
 
 
-@dataclass
-class _SessionSettings:
-    """What a client chose: audio format and rate, and the decoding options (from the query or session.update)."""
-
-    decode: DecodeOptions
-    model: str
-    languages: frozenset[str]
-    input_format: str = "pcm16"
-    sample_rate: int = SAMPLE_RATE
-
-    @classmethod
-    def from_query(cls, ws: WebSocket, decode: DecodeOptions, model: str,
-                   languages: frozenset[str]) -> _SessionSettings:
-        """The server's defaults, changed by the URL's query (the same fields as session.update)."""
-        settings = cls(decode, model, languages)
-        query = ws.query_params
-        settings.update({"input_audio_format": query.get("input_audio_format"),
-                         "sample_rate": query.get("sample_rate"), "script": query.get("script"),
-                         "input_audio_transcription": {"language": query.get("language"),
-                                                       "prompt": query.get("prompt")}})
-        return settings
-
-    def update(self, session: dict[str, Any]) -> None:
-        fmt = session.get("input_audio_format")
-        if fmt is not None:
-            if fmt not in FORMATS:
-                raise _Refused("invalid_value", f"input_audio_format must be one of {', '.join(FORMATS)}",
-                               "session.input_audio_format")
-            self.input_format = fmt
-        rate = session.get("sample_rate")
-        if rate is not None:
-            if not str(rate).isdigit() or not SAMPLE_RATES[0] <= int(rate) <= SAMPLE_RATES[1]:
-                raise _Refused("invalid_value", f"sample_rate must be an integer from {SAMPLE_RATES[0]} to "
-                               f"{SAMPLE_RATES[1]}", "session.sample_rate")
-            self.sample_rate = int(rate)
-        decode = _decode_changes(self.decode, session)
-        if decode.language is not None and self.languages and decode.language not in self.languages:
-            raise _Refused("invalid_value", f"unknown language '{decode.language}': use a language code such as "
-                           "zh, or auto", "session.input_audio_transcription.language")
-        self.decode = decode
-
-    def describe(self, session_id: str, limits: LiveLimits) -> dict[str, Any]:
-        d = self.decode
-        return {
-            "id": session_id, "object": "realtime.transcription_session", "input_audio_format": self.input_format,
-            "input_audio_transcription": {"model": self.model, "language": d.language, "prompt": d.initial_prompt},
-            "turn_detection": {"type": "server_vad",
-                               "silence_duration_ms": round(session_options(limits).pause_seconds * 1000)},
-            "sample_rate": self.sample_rate, "script": d.script,
-            "limits": {"max_buffer_seconds": limits.max_buffer_seconds, "idle_timeout_seconds": limits.idle_timeout_s,
-                       "max_message_bytes": limits.max_message_bytes},
-        }
-
-
-def _decode_changes(decode: DecodeOptions, session: dict[str, Any]) -> DecodeOptions:
-    changes: dict[str, Any] = {}
-    transcription = session.get("input_audio_transcription") or {}
-    if not isinstance(transcription, dict):
-        raise _Refused("invalid_value", "input_audio_transcription must be an object",
-                       "session.input_audio_transcription")
-    language = transcription.get("language")
-    if language is not None and str(language).strip():
-        code = str(language).strip().lower()
-        changes["language"] = None if code == "auto" else code
-    prompt = transcription.get("prompt")
-    if prompt is not None:
-        changes["initial_prompt"] = str(prompt) or None
-    script = session.get("script")
-    if script is not None:
-        if script not in SCRIPTS:
-            raise _Refused("invalid_value", f"script must be one of {', '.join(SCRIPTS)}", "session.script")
-        changes["script"] = script
-    return decode.with_(**changes) if changes else decode
-
-
 class _Samples:
     """Client frames to 16 kHz float32 samples (soxr streams the resampling across frames)."""
 
-    def __init__(self, settings: _SessionSettings) -> None:
+    def __init__(self, settings: SessionSettings) -> None:
         self.format, self.rate = settings.input_format, settings.sample_rate
         self._resampler = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32") \
             if self.rate != SAMPLE_RATE else None
@@ -268,7 +209,7 @@ class _Connection:
     the batching queue, up to ``parallel`` at once, events back), both stopped and everything freed when either
     ends."""
 
-    def __init__(self, ws: WebSocket, slot: Slot, streams: StreamGate, settings: _SessionSettings,
+    def __init__(self, ws: WebSocket, slot: Slot, streams: StreamGate, settings: SessionSettings,
                  limits: LiveLimits, *, parallel: int = 1) -> None:
         self.ws, self.slot, self.streams, self.settings, self.limits = ws, slot, streams, settings, limits
         self.parallel = parallel
@@ -279,17 +220,20 @@ class _Connection:
         self.event_ids = itertools.count(1)
         self.send_lock = asyncio.Lock()
         self.wake = asyncio.Event()  # audio or a command arrived, or a decode finished
-        self.progress = asyncio.Event()  # a decode finished (room in the buffer)
+        self.spool = AudioSpool()  # audio received beyond max_buffer_seconds, waiting for room in the session
         self.flying: deque[tuple[DecodeRequest, Future]] = deque()  # requests in the queue, oldest first
         self.previous_item: str | None = None
         self.loop = asyncio.get_running_loop()
-        self.finishing = False
+        self.finishing = False  # no more audio taken; the session finishes once the spool is empty
+        self.last_message = self.last_speech = self.loop.time()
+        self.told_finishing = False
 
     async def run(self) -> None:
         reader = decoder = None
+        self.streams.connections.add(self)
         try:
             await self._send({"type": "transcription_session.created",
-                              "session": self.settings.describe(self.id, self.limits)})
+                              "session": self._describe()})
             reader = asyncio.ensure_future(self._read())
             decoder = asyncio.ensure_future(self._decode())
             await asyncio.wait({reader, decoder}, return_when=asyncio.FIRST_COMPLETED)
@@ -298,6 +242,7 @@ class _Connection:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self.spool.close()
             # Before the close frame: a client that reconnects as soon as it sees the close finds the stream free.
             self._release()
             if self.ws.application_state != WebSocketState.DISCONNECTED:
@@ -310,6 +255,7 @@ class _Connection:
             return
         self.released = True
         self.streams.leave()
+        self.streams.connections.discard(self)
         running = [future for _, future in self.flying if not future.done() and not future.cancel()]
         self.flying.clear()
         if not running:
@@ -325,16 +271,25 @@ class _Connection:
 
     # -- reading -------------------------------------------------------------------------------------------
     async def _read(self) -> None:
+        """Client messages into the session, as fast as they come (never paused: see server/spool.py)."""
+        limits = self.limits
         while True:
-            while self.session.held_seconds > self.limits.max_buffer_seconds:  # back-pressure on the socket
-                self.progress.clear()
-                await self.progress.wait()
-            try:  # a finishing stream waits for its last decodes, not for the client
-                timeout = None if self.finishing else self.limits.idle_timeout_s
+            if self._speechless():
+                await self._error("speech_timeout", f"no speech heard for {limits.speech_timeout_s:.0f} s; closing")
+                return
+            now = self.loop.time()
+            # a finishing stream waits for its last decodes, not for the client
+            timeout = None if self.finishing else max(0.5, min(self.last_message + limits.idle_timeout_s,
+                                                               self.last_speech + limits.speech_timeout_s) - now)
+            try:
                 message = await asyncio.wait_for(self.ws.receive(), timeout)
             except asyncio.TimeoutError:
-                await self._error("idle_timeout", f"no message for {self.limits.idle_timeout_s:.0f} s; closing")
-                return
+                # the client may be waiting for the audio it sent ahead: not idle while the server is behind
+                if self.loop.time() - self.last_message >= limits.idle_timeout_s and not self._behind():
+                    await self._error("idle_timeout", f"no message for {limits.idle_timeout_s:.0f} s; closing")
+                    return
+                continue
+            self.last_message = self.loop.time()
             if message["type"] == "websocket.disconnect":
                 return
             try:
@@ -370,41 +325,91 @@ class _Connection:
         elif kind in ("transcription_session.update", "session.update"):
             await self._update(event.get("session"))
         elif kind == "transcription_session.finish":
-            self.finishing = True
-            self.session.finish()
+            self.finishing = True  # the decoder finishes the session once the spooled audio is in
         else:
             raise _Refused("unknown_event", f"unknown event type '{kind}'", "type")
 
+    async def drain(self) -> None:
+        """The server is shutting down: take no more audio, and finish with the text of what was received."""
+        if self.finishing:
+            return
+        self.finishing = self.told_finishing = True
+        self.wake.set()
+        await self._error("server_shutting_down", "the server is shutting down: no more audio is taken; this "
+                          "session finishes with the text of what it received", type_="server_error")
+
+    def _speechless(self) -> bool:
+        """No speech heard (nor audio left to look at) for the speech timeout: bytes alone do not hold a stream."""
+        return (not self.finishing and self.loop.time() - self.last_speech > self.limits.speech_timeout_s
+                and not self._behind())
+
+    def _behind(self) -> bool:
+        """Whether the server still has audio of this stream to transcribe."""
+        return bool(len(self.spool) or self.flying or self.session.due())
+
     def _append(self, data: bytes) -> None:
         if self.finishing:
+            if self.told_finishing:  # said once; a sender that goes on is not answered message by message
+                return
+            self.told_finishing = True
             raise _Refused("session_finishing", "the session is finishing; no more audio is taken")
         samples = self.samples.convert(data)
-        if len(samples):
+        if not len(samples):
+            return
+        seconds = len(samples) / SAMPLE_RATE
+        if not len(self.spool) and self.session.held_seconds + seconds <= self.limits.max_buffer_seconds:
             self.session.append(samples)
+            return
+        if self.spool.seconds + seconds > self.limits.max_spool_seconds:
+            self.finishing = self.told_finishing = True
+            raise _Refused("buffer_full", f"this stream is {self.spool.seconds + self.session.held_seconds:.0f} s "
+                           f"of audio ahead of its transcription, the most this server holds "
+                           f"({self.limits.max_buffer_seconds + self.limits.max_spool_seconds:.0f} s); no more audio "
+                           "is taken: what was received is transcribed and the session finishes")
+        self.spool.write(samples)
+
+    def _refill(self) -> None:
+        """Move spooled audio into the session as far as its buffer has room; finish the session once the spool
+        is empty, if the client asked for it (or a limit did)."""
+        room = int((self.limits.max_buffer_seconds - self.session.held_seconds) * SAMPLE_RATE)
+        if len(self.spool) and room > 0:
+            self.session.append(self.spool.read(room))
+        if self.finishing and not len(self.spool):
+            self.session.finish()
 
     async def _update(self, session: Any) -> None:
-        if not isinstance(session, dict):
-            raise _Refused("invalid_event", "session.update needs a 'session' object", "session")
+        """Apply a session update whole or not at all (see :mod:`~whisper_zh.server.live_settings`); answered in
+        the shape it came in."""
         try:
-            self.settings.update(session)
-        except ValueError as exc:
-            raise _Refused("invalid_value", str(exc), "session") from exc
-        if (self.settings.input_format, self.settings.sample_rate) != (self.samples.format, self.samples.rate):
-            self.samples = _Samples(self.settings)
-        self.session.set_options(self.settings.decode)
-        await self._send({"type": "transcription_session.updated",
-                          "session": self.settings.describe(self.id, self.limits)})
+            settings = self.settings.updated(session)
+        except BadValue as exc:
+            raise _Refused(exc.code, exc.message, exc.param) from exc
+        self.settings = settings
+        if (settings.input_format, settings.sample_rate) != (self.samples.format, self.samples.rate):
+            self.samples = _Samples(settings)
+        self.session.set_options(settings.decode)
+        current = is_current_shape(session)
+        await self._send({"type": "session.updated" if current else "transcription_session.updated",
+                          "session": self._describe(current=current)})
+
+    def _describe(self, *, current: bool = False) -> dict[str, Any]:
+        limits = self.limits
+        return self.settings.describe(
+            self.id, pause_ms=round(session_options(limits).pause_seconds * 1000), current=current,
+            limits={"max_buffer_seconds": limits.max_buffer_seconds, "max_spool_seconds": limits.max_spool_seconds,
+                    "idle_timeout_seconds": limits.idle_timeout_s, "max_message_bytes": limits.max_message_bytes})
 
     # -- decoding ------------------------------------------------------------------------------------------
     async def _decode(self) -> None:
         """Up to ``parallel`` of the session's requests in the queue at once; results accepted oldest first."""
         session = self.session
         while not session.done or self.flying:
+            self._refill()
             if self.flying and (len(self.flying) >= self.parallel or self.flying[0][1].done()):
                 if not await self._accept_oldest():
                     return
                 continue
-            # Over the cap, the reader waits for this loop: keep cutting the buffer down even without new audio.
+            # Over the cap, the spool waits for this loop: keep cutting the buffer down even without new audio.
             if not session.due() and (session.held_seconds <= self.limits.max_buffer_seconds or self.flying):
                 await self._idle()
                 continue
@@ -416,7 +421,6 @@ class _Connection:
                                           gather=False)
                 future.add_done_callback(self._wake_from_worker)
                 self.flying.append((request, future))
-            self.progress.set()
         await self._finished()
 
     async def _idle(self) -> None:
@@ -443,7 +447,6 @@ class _Connection:
             result = exc
         self.flying.popleft()
         await self._events(self.session.accept(request, result))
-        self.progress.set()
         return True
 
     async def _finished(self) -> None:
@@ -456,6 +459,8 @@ class _Connection:
         # run() closes the socket once the stream and its slot are free
 
     async def _events(self, events: list[LiveEvent]) -> None:
+        if any(not isinstance(event, NothingToCommit) for event in events):  # speech started, went on or ended
+            self.last_speech = self.loop.time()
         for event in events:
             for message in self._wire(event):
                 await self._send(message)
