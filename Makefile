@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SYSTEM_STAMP := $(VENV)/.system-stamp
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench guard clean
 
 setup: $(STAMP) $(SYSTEM_STAMP)
 
@@ -43,6 +43,11 @@ lint: setup
 
 bench: setup
 	$(PY) bench/transcribe_speed.py
+
+# Every change to decoding runs this: all shared speech, grouped and shuffled, against main's stored predictions
+# (bench/guard/baseline.json); fails on a significant loss on any set or order, or 10 % more CPU (bench/guard.py).
+guard: setup
+	$(PY) bench/guard.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
