@@ -44,3 +44,38 @@ def test_words_made_of_numerals_stay_words(words: str):
 ])
 def test_scoring_with_numbers_normalised_reads_written_numbers_as_spoken_ones(text: str):
     assert SCORED(arabic_numbers(text)) == SCORED(text)
+
+
+def test_transcripts_of_real_speech_write_their_numbers_in_digits(transcriber, aishell_rows):
+    """Base writes phone numbers, years and percentages as it hears them, often in Chinese numerals; --numbers
+    rewrites those, and nothing else, and the numbers-normalised score cannot tell the two outputs apart."""
+    from whisper_zh import DecodeOptions
+
+    rows = {row["id"][-5:]: row for row in aishell_rows}
+    picked = [rows[k] for k in ("W0094", "W0102", "W0129", "W0130", "W0162", "W0157")]
+    paths = [row["path"] for row in picked]
+    spoken = transcriber.transcribe_batch(paths, DecodeOptions(pack=False))
+    written = transcriber.transcribe_batch(paths, DecodeOptions(pack=False, numbers=True))
+    changed = 0
+    for row, a, b in zip(picked, spoken, written, strict=True):
+        assert b.text == arabic_numbers(a.text), (row["text"], a.text, b.text)
+        assert SCORED(b.text) == SCORED(a.text)
+        changed += a.text != b.text
+        assert not any(c in b.text for c in "零〇一二三四五六七八九幺") or "百" in b.text, b.text
+    assert changed >= 2, [r.text for r in spoken]  # the phone numbers at least came out in numerals
+
+
+def test_the_cli_and_the_server_ask_for_numbers(aishell_rows):
+    import subprocess
+    import sys
+
+    from whisper_zh.decoding import DecodeOptions
+    from whisper_zh.server.forms import TranscriptionRequest
+
+    phone = next(row for row in aishell_rows if row["id"].endswith("W0094"))  # 一三一五零八八一八零七
+    command = [sys.executable, "-m", "whisper_zh", "transcribe", phone["path"], "--quiet", "--numbers"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout
+    assert sum(c.isdigit() for c in out) >= 8 and not any(c in out for c in "零一二三五八"), out
+    request = TranscriptionRequest(task="transcribe", numbers=True)
+    assert request.options(DecodeOptions()).numbers
+    assert not TranscriptionRequest(task="transcribe").options(DecodeOptions()).numbers

@@ -48,10 +48,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hotwords", default=DEFAULTS.hotwords, help="domain terms to favour, e.g. '深度学习 张三'")
     parser.add_argument("--script", choices=SCRIPTS, default=DEFAULTS.script)
     parser.add_argument(
-        "--numbers", action="store_true",
-        help="write dates, amounts, percentages and phone numbers in Arabic digits (二〇二三年 -> 2023年)",
-    )
-    parser.add_argument(
         "--no-vad", action="store_true", help="decode long audio straight through instead of cutting it at pauses"
     )
     parser.add_argument(
@@ -73,7 +69,6 @@ def decode_options(args: argparse.Namespace, **extra: Any) -> DecodeOptions:
             initial_prompt=args.initial_prompt or None,
             hotwords=args.hotwords,
             script=args.script,
-            numbers=args.numbers,
             vad=not args.no_vad,
             pack=not args.no_pack,
         )
