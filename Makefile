@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SYSTEM_STAMP := $(VENV)/.system-stamp
 
-.PHONY: setup run test lint docs bench clean
+.PHONY: setup run test lint docs bench guard clean
 
 setup: $(STAMP) $(SYSTEM_STAMP)
 
@@ -47,6 +47,11 @@ docs: setup
 
 bench: setup
 	$(PY) bench/transcribe_speed.py
+
+# Every change to decoding runs this: all shared speech, grouped and shuffled, against main's stored predictions
+# (bench/guard/baseline.json); fails on a significant loss on any set or order, or 10 % more CPU (bench/guard.py).
+guard: setup
+	$(PY) bench/guard.py
 
 clean:
 	rm -rf $(VENV) out site .pytest_cache

@@ -15,7 +15,7 @@ lower-case, punctuation and whitespace removed), and again with numbers normalis
 continuous speech (W0300-W0399 joined end to end) and a ~10-minute one of news clips joined with 0.4-1.6 s pauses
 (--long-minutes; 0 skips both), whisper-zh against faster-whisper in the same run.
 
-Run: .venv/bin/python bench/transcribe_speed.py [--clips 500] [--hf-clips 40] [--long-minutes 10]
+Run: .venv/bin/python bench/transcribe_speed.py [--clips 500] [--pool] [--hf-clips 40] [--long-minutes 10]
      [--systems fw-sequential,whisper-zh,whisper-zh-noprompt]
 """
 
@@ -39,6 +39,17 @@ def rows(limit: int) -> list[dict]:
         sys.exit(f"shared data not found at {DATA}")
     out = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
     return out[:limit]
+
+
+def pool_rows(limit: int) -> list[dict]:
+    """Every ``len // limit``-th clip of the guard's shuffled pool of all shared sets (many speakers and kinds)."""
+    import soundfile
+
+    from guard import SETS, load_clips, orders
+
+    clips = orders(load_clips(list(SETS)))["shuffled"]
+    picked = clips[:: max(1, len(clips) // limit)][:limit]
+    return [{"path": c.path, "text": c.text, "duration": soundfile.info(c.path).duration} for c in picked]
 
 
 def peak_rss_mb() -> float:
@@ -128,6 +139,9 @@ def long_form(minutes: float) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=500)
+    parser.add_argument("--pool", action="store_true",
+                        help="clips from every shared set (many speakers), in the guard's shuffled order, "
+                        "instead of S0150's first --clips")
     parser.add_argument("--hf-clips", type=int, default=40)
     parser.add_argument("--long-minutes", type=float, default=10.0)
     parser.add_argument("--systems", default="fw-sequential,whisper-zh,whisper-zh-noprompt",
@@ -137,11 +151,12 @@ def main() -> int:
     if args.worker:
         print(json.dumps(run_system(args.worker, json.loads(sys.stdin.read()))))
         return 0
-    data = rows(args.clips)
-    paths = [str(DATA / r["audio"]) for r in data]
+    data = pool_rows(args.clips) if args.pool else rows(args.clips)
+    paths = [r["path"] for r in data] if args.pool else [str(DATA / r["audio"]) for r in data]
     refs = [r["text"] for r in data]
     audio_seconds = sum(r["duration"] for r in data)
-    print(f"# {len(data)} AISHELL-1 S0150 clips, {audio_seconds / 60:.1f} min; base, int8, beam 5, CPU\n")
+    what = "clips of every shared set, shuffled" if args.pool else "AISHELL-1 S0150 clips"
+    print(f"# {len(data)} {what}, {audio_seconds / 60:.1f} min; base, int8, beam 5, CPU\n")
     systems = ["fw-sequential", *(s for s in args.systems.split(",") if s and s != "fw-sequential")]
     results = {name: in_subprocess(name, paths) for name in systems}
     hf_n = min(args.hf_clips, len(paths))

@@ -41,6 +41,10 @@ class DecodeOptions:
     hotwords: str | None = None
     word_timestamps: bool = False
     script: Script = "simplified"
+    # Write numbers a reader expects in digits (dates, amounts, percentages, phone numbers: 二〇二三年 -> 2023年),
+    # as evaluate's numbers-normalised score reads them (normalize.arabic_numbers). Chinese text only; a
+    # segment's words keep the form the model wrote.
+    numbers: bool = False
     # Windows decoded together (and streams a long recording is cut into). On a CPU, on the 500 shared clips:
     # 4 took 160 s and 661 MB at the peak, 6 152 s and 799 MB, 8 143 s and 914 MB (the beam search's states grow
     # with beams x batch). 4 keeps transcribe within 1.5x faster-whisper's memory. On a GPU larger batches pay

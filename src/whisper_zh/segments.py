@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from whisper_zh.decoding import DecodeOptions, compression_ratio, cut_repetition_loop
 from whisper_zh.engines.base import RawSegment, RawWord
-from whisper_zh.normalize import SENTENCE_MARKS, chinese_punctuation, convert_script
+from whisper_zh.normalize import SENTENCE_MARKS, arabic_numbers, chinese_punctuation, convert_script
 from whisper_zh.results import Segment, Word, join_texts
 from whisper_zh.vad import Span
 
@@ -123,6 +123,8 @@ def _clean(
             logger.warning("%s: cut a repetition loop at %.1f s", source, raw.start)
     script = options.script_for(language)
     text = _tidy(text, script)
+    if options.numbers and script != "as-is":
+        text = arabic_numbers(text)
     if not text:
         return None
     kept = None

@@ -46,6 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--word-timestamps", action="store_true", help="character/word timestamps (in the json format only)"
     )
+    p.add_argument(
+        "--numbers", action="store_true",
+        help="write dates, amounts, percentages and phone numbers in Arabic digits (二〇二三年 -> 2023年)",
+    )
     cues = p.add_argument_group("subtitle cues (srt, vtt)")
     cues.add_argument("--max-line-chars", type=int, default=CUE_DEFAULTS.max_line_chars,
                       help=f"characters per line (default: {CUE_DEFAULTS.max_line_chars})")
@@ -65,7 +69,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     inputs = expand_inputs(args.inputs)
     # Subtitle cues are cut at word times: srt and vtt ask for them.
-    options = decode_options(args, word_timestamps=args.word_timestamps or args.format in CUE_FORMATS)
+    options = decode_options(args, word_timestamps=args.word_timestamps or args.format in CUE_FORMATS,
+                             numbers=args.numbers)
     cues = _cue_options(args)
     for rejected in inputs.rejected:
         print(f"error: {rejected}", file=sys.stderr)

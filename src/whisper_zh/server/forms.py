@@ -57,6 +57,7 @@ class TranscriptionRequest:
     stream: bool = False
     script: str | None = None
     allow_truncated: bool = False
+    numbers: bool = False
 
     @classmethod
     def parse(cls, served: ServedModel, *, model: str, **fields: Any) -> TranscriptionRequest:
@@ -97,6 +98,8 @@ class TranscriptionRequest:
                                                                          if t > self.temperature}))
         if self.script:
             changes["script"] = self.script
+        if self.numbers:
+            changes["numbers"] = True
         return base.with_(**changes)
 
     def _check_format(self) -> None:

@@ -62,11 +62,12 @@ async def transcriptions(
     stream: Annotated[bool, Form(description="server-sent events (whisper-zh's web page uses them)")] = False,
     script: Annotated[str | None, Form(description="whisper-zh: simplified, traditional or as-is")] = None,
     allow_truncated: Annotated[bool, Form(description="whisper-zh: transcribe what decodes of a cut file")] = False,
+    numbers: Annotated[bool, Form(description="whisper-zh: dates, amounts, percentages in Arabic digits")] = False,
 ) -> Response:
     request = TranscriptionRequest.parse(
         state.model, model=model, task="transcribe", language=language, prompt=prompt,
         response_format=response_format, temperature=temperature, granularities=timestamp_granularities,
-        stream=stream, script=script, allow_truncated=allow_truncated,
+        stream=stream, script=script, allow_truncated=allow_truncated, numbers=numbers,
     )
     return await _answer(state, file, request)
 
