@@ -270,7 +270,7 @@ def test_detection_errors_and_forced_format(tmp_path):
 def test_streamed_dataset_rows_as_the_hub_path_gets_them(tmp_path):
     """The hub loader streams an IterableDataset; the same conversion runs here on a local one (no network)."""
     datasets = pytest.importorskip("datasets")
-    from whisper_zh.data import _hf_source
+    from whisper_zh.data.hf import _hf_source
 
     clips = _clips(2)
     table = {
