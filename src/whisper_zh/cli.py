@@ -17,6 +17,7 @@ from whisper_zh.errors import WhisperZhError
 COMMANDS = (
     "whisper_zh.commands.transcribe",
     "whisper_zh.commands.convert",
+    "whisper_zh.commands.prepare",
     "whisper_zh.commands.finetune",
     "whisper_zh.commands.doctor",
     "whisper_zh.commands.evaluate",

@@ -7,6 +7,7 @@ array. Formats (detected from ``spec`` unless ``format`` forces one):
 =============  ======================================================================================================
 ``jsonl``      a JSONL manifest: ``audio`` (path relative to the manifest), ``text``, optional ``id``, ``duration``,
                ``speaker`` (NeMo's ``audio_filepath`` also works). A directory holding ``manifest.jsonl`` works too.
+``csv``        a CSV manifest with a header line and the same columns as ``jsonl``.
 ``kaldi``      a Kaldi data directory: ``wav.scp`` + ``text`` (+ optional ``utt2spk``, ``utt2dur``).
 ``aishell``    AISHELL-1: ``transcript/aishell_transcript_v0.8.txt`` + ``wav/<split>/<speaker>/*.wav``
                (the release root or its ``data_aishell`` folder; ``split`` picks train/dev/test).

@@ -35,6 +35,9 @@ BAD_ROW_KINDS: dict[str, str] = {
     "unsupported": "unsupported entry",
     "not_transcribed": "not transcribed",
     "empty_after_normalisation": "reference empty after normalisation",
+    "silent_audio": "audio is silent",
+    "too_long": "audio longer than Whisper's 30 s window",
+    "duplicate_audio": "the same audio as an earlier row",
 }
 
 # Column names tried, in order, when none is given.

@@ -14,11 +14,11 @@ from whisper_zh.data.commonvoice import load_commonvoice
 from whisper_zh.data.folder import load_folder
 from whisper_zh.data.hf import load_hf_disk, load_hub
 from whisper_zh.data.kaldi import load_kaldi
-from whisper_zh.data.manifest import load_jsonl
+from whisper_zh.data.manifest import load_csv, load_jsonl
 from whisper_zh.errors import DataError
 
-Format = Literal["jsonl", "kaldi", "aishell", "commonvoice", "hf-disk", "hub", "folder"]
-FORMATS: tuple[str, ...] = ("jsonl", "kaldi", "aishell", "commonvoice", "hf-disk", "hub", "folder")
+Format = Literal["jsonl", "csv", "kaldi", "aishell", "commonvoice", "hf-disk", "hub", "folder"]
+FORMATS: tuple[str, ...] = ("jsonl", "csv", "kaldi", "aishell", "commonvoice", "hf-disk", "hub", "folder")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Formats that only a directory can hold, and what it holds.
 _DIRECTORY_FORMATS = {
@@ -69,6 +69,7 @@ def load_source(
         return load_hf_disk(path, split, columns, limit)
     loader = {
         "jsonl": load_jsonl,
+        "csv": load_csv,
         "kaldi": load_kaldi,
         "aishell": load_aishell,
         "commonvoice": load_commonvoice,
@@ -109,6 +110,8 @@ def detect_format(spec: str | os.PathLike) -> Format:
     if path.is_file():
         if path.suffix in (".jsonl", ".json", ".ndjson"):
             return "jsonl"
+        if path.suffix.lower() == ".csv":
+            return "csv"
         if path.suffix == ".tsv":
             return "commonvoice"
         raise DataError(f"{spec}: cannot tell the data format of a '{path.suffix}' file; pass --format")
