@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -302,8 +303,13 @@ def test_cli_convert(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert cli_main(["convert", str(tiny_dir), str(out), "--to", "ctranslate2"]) == 2
     assert "already exists" in capsys.readouterr().err
     hf_out = tmp_path / "hf"
-    assert cli_main(["convert", str(out), str(hf_out), "--to", "transformers"]) == 0
+    old_mask = os.umask(0o022)
+    try:
+        assert cli_main(["convert", str(out), str(hf_out), "--to", "transformers"]) == 0
+    finally:
+        os.umask(old_mask)
     assert resolve_model(hf_out).layout == "transformers"
+    assert stat.S_IMODE((hf_out / "model.safetensors").stat().st_mode) == 0o644  # safetensors wrote it 0600
 
 
 def test_cli_convert_output_errors_are_one_line(tiny_dir: Path, tmp_path: Path, capsys) -> None:
