@@ -215,3 +215,24 @@ def test_no_pack_gives_each_file_the_text_it_gets_alone(example_clips, tmp_path,
     assert main(["transcribe", second, first, "--no-pack", "--quiet"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert f"[{first}] {alone}" in lines and cer(example_clips[0]["text"], alone).rate < 0.25
+
+
+def test_the_progress_bar_never_passes_its_total(example_clips, transcriber):
+    """The bar counts seconds of audio; the transcriber credits them window by window. Rounded one by one, the
+    updates summed past the total (927/926); summed exactly, the bar ends at its total."""
+    from tqdm import tqdm
+
+    from whisper_zh.audio import audio_duration
+    from whisper_zh.commands.transcribe import SecondsProgress
+
+    total = sum(audio_duration(c["path"]) for c in example_clips)
+    bar = tqdm(total=round(total, 1), disable=True)
+    progress = SecondsProgress(bar)
+    for _ in transcriber.transcribe_iter([c["path"] for c in example_clips], on_progress=progress):
+        pass
+    assert bar.n == round(total, 1)
+    fine = tqdm(total=6.0, disable=True)
+    steps = SecondsProgress(fine)
+    for _ in range(100):  # 100 credits of 0.06 s: one by one each rounds up to 0.1 (10.0 of 6.0 before)
+        steps(0.06)
+    assert fine.n == 6.0

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     # Warnings logged while the bar is drawn (a truncated file) go above it, on a line of their own.
     with logging_redirect_tqdm():
         for index, result in transcriber.transcribe_iter(
-            sources, options, on_progress=lambda s: bar.update(round(s, 1)), allow_truncated=args.allow_truncated
+            sources, options, on_progress=SecondsProgress(bar), allow_truncated=args.allow_truncated
         ):
             source = sources[index]
             done += 1
@@ -139,6 +139,23 @@ def _cue_options(args: argparse.Namespace) -> CueOptions:
                           max_cue_seconds=args.max_cue_seconds)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+
+
+class SecondsProgress:
+    """Moves a bar counted in seconds of audio: the exact seconds are summed and shown to 0.1 s, never past the
+    bar's total (rounding each update on its own added up to 927 s of a 926 s total)."""
+
+    def __init__(self, bar: tqdm) -> None:
+        self.bar, self.seconds = bar, 0.0
+
+    def __call__(self, seconds: float) -> None:
+        self.seconds += seconds
+        shown = round(self.seconds, 1)
+        if self.bar.total is not None:
+            shown = min(shown, self.bar.total)
+        if shown > self.bar.n:
+            self.bar.update(round(shown - self.bar.n, 1))
+            self.bar.n = shown  # no float drift from the sum of differences
 
 
 def _safe_duration(source: str) -> float:
