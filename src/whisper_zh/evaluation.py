@@ -581,7 +581,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         summary.append(
             f"- Audio {timing['audio_seconds'] / 60:.1f} min, wall {timing['wall_seconds']:.1f} s, "
             f"real-time factor {timing['real_time_factor']:.3f}"
-            f" ({model.get('device')}, {model.get('compute_type')})"
+            f" ({model.get('device') or 'device not recorded'}, {model.get('compute_type')})"
         )
     decoding = report.get("decoding", {})
     if decoding:

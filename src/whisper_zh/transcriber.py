@@ -60,6 +60,7 @@ class ModelInfo:
     engine: str
     storage_type: str
     compute_type: str
+    device: str = "unknown"
 
 
 class Transcriber:
@@ -94,7 +95,7 @@ class Transcriber:
         self.decoder = decoder
         load_detector()
         self.info = ModelInfo(self.model_name, decoder.model_path, layout, source, decoder.name,
-                              decoder.storage_type, decoder.compute_type)
+                              decoder.storage_type, decoder.compute_type, getattr(decoder, "device", "unknown"))
 
     @property
     def engine(self) -> str:
