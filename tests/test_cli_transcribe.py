@@ -236,3 +236,13 @@ def test_the_progress_bar_never_passes_its_total(example_clips, transcriber):
     for _ in range(100):  # 100 credits of 0.06 s: one by one each rounds up to 0.1 (10.0 of 6.0 before)
         steps(0.06)
     assert fine.n == 6.0
+
+
+def test_a_missing_relative_path_in_a_manifest_names_its_line(example_clips, tmp_path, capsys):
+    shutil.copy(example_clips[0]["path"], tmp_path / "a.wav")
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text('{"audio": "a.wav"}\n{"audio": "clips/b.wav"}\n', encoding="utf-8")
+    assert main(["transcribe", str(manifest), "--quiet"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert errors == [f"error: {manifest}:2: audio file not found: {tmp_path / 'clips' / 'b.wav'} "
+                      "(a relative path is read from the manifest's folder)"]
