@@ -41,18 +41,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="per-device training batch size")
     p.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
     p.add_argument("--max-steps", type=int, help="optimizer steps")
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--eval-steps", type=int)
-    p.add_argument("--save-steps", type=int)
-    p.add_argument("--logging-steps", type=int)
-    p.add_argument("--max-eval-samples", type=int)
+    p.add_argument("--warmup-steps", type=int, help="steps of linear learning-rate warmup")
+    p.add_argument("--eval-steps", type=int, help="evaluate the CER every N steps")
+    p.add_argument("--save-steps", type=int, help="save a checkpoint every N steps")
+    p.add_argument("--logging-steps", type=int, help="log the loss every N steps")
+    p.add_argument("--max-eval-samples", type=int, help="evaluate on at most N utterances of --eval (the first N)")
     p.add_argument("--early-stopping-patience", type=int, help="stop after N evals without a better CER")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"))
-    p.add_argument("--seed", type=int)
-    p.add_argument("--feature-pipeline", choices=("faster-whisper", "transformers"))
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"),
+                   help="training precision; auto: bf16 where the hardware has it, fp16 on older GPUs, else fp32")
+    p.add_argument("--seed", type=int, help="random seed of the run (data order, augmentation, dropout)")
+    p.add_argument("--feature-pipeline", choices=("faster-whisper", "transformers"),
+                   help="log-mel features as faster-whisper computes them at inference (default) or as "
+                   "Transformers' WhisperFeatureExtractor does")
     p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
                    help="pack several utterances into each 30 s window (timestamp tokens)")
-    p.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="mask random time and frequency bands of the features (SpecAugment)")
     p.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=None,
                    help="train the decoder only")
     p.add_argument("--freeze-decoder", action=argparse.BooleanOptionalAction, default=None,

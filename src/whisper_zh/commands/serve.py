@@ -37,7 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(default: none, only this server's own page)",
     )
     _add_limit_arguments(p)
-    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="the server's log level (default: info)")
     p.set_defaults(func=run)
 
 
