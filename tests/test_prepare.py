@@ -147,3 +147,17 @@ def test_bare_aishell_transcripts_get_punctuation_back(tmp_path, transcriber):
         bare[r["id"]] for r in _read(tmp_path / "out" / "test.jsonl")]
     assert "punctuation restored in" in "\n".join(summary.lines())
     assert len(load_source(tmp_path / "out" / "train.jsonl")) == 6
+
+
+@needs_shared
+def test_a_sentence_read_twice_stays_in_one_split():
+    """S0150 reads 7 sentences twice (W0156=W0173, ...): both readings land in one split, so dev and test never
+    score a sentence the model trained on."""
+    from whisper_zh.data.prepare import Row, split_rows
+
+    rows = [Row(r["id"], r["audio"], r["text"], r["duration"], r["speaker"]) for r in _rows(S0150)]
+    for seed in range(5):
+        _, splits = split_rows(rows, 0.1, 0.1, seed)
+        texts = {name: {r.text for r in splits[name]} for name in splits}
+        assert not (texts["train"] & texts["dev"] or texts["train"] & texts["test"] or texts["dev"] & texts["test"])
+        assert sum(len(s) for s in splits.values()) == 500 and abs(len(splits["test"]) - 50) <= 3

@@ -14,8 +14,8 @@ a Common Voice TSV, a folder of audio with one ``.txt`` per file). Each row is c
 
 Splits: by speaker when the data has at least three speakers (no speaker in two splits), otherwise by utterance,
 drawn with a fixed seed across the whole id order (:func:`~whisper_zh.training.splits.stratified_split`, so every
-run of neighbouring ids, one article or one kind of prompt, gives its share to each split). No utterance is in
-two splits.
+run of neighbouring ids, one article or one kind of prompt, gives its share to each split), and every reading of
+one sentence in the split of its first. No utterance is in two splits.
 
 Targets are written as the model should learn to speak, with punctuation. Where the transcripts have none (fewer
 than half the rows carry a mark, as in AISHELL), the train and dev targets get it back as the fine-tuning bench
@@ -262,7 +262,8 @@ def _audio_path(utt: Utterance, audio: np.ndarray, out: Path) -> tuple[str, bool
 def split_rows(rows: Sequence[Row], dev_fraction: float, test_fraction: float,
                seed: int) -> tuple[str, dict[str, list[Row]]]:
     """("speaker" or "utterance", {split: rows}): whole speakers per split when there are at least
-    :data:`MIN_SPEAKERS`, otherwise utterances drawn across the id order. No row is in two splits."""
+    :data:`MIN_SPEAKERS`, otherwise utterances drawn across the id order, a sentence read twice in one split. No
+    row is in two splits."""
     from whisper_zh.training.splits import stratified_split
 
     n_dev, n_test = round(len(rows) * dev_fraction), round(len(rows) * test_fraction)
@@ -270,7 +271,11 @@ def split_rows(rows: Sequence[Row], dev_fraction: float, test_fraction: float,
     if len(speakers) >= MIN_SPEAKERS:
         return "speaker", _split_speakers(rows, n_dev, n_test, seed)
     chosen = stratified_split([r.id for r in rows], dev=n_dev, test=n_test, seed=seed)
-    return "utterance", {name: [r for r in rows if chosen.of(r.id) == name] for name in SPLITS}
+    # one sentence read twice goes where its first reading went: the same words in train and test would flatter
+    first: dict[str, str] = {}
+    for row in sorted(rows, key=lambda r: r.id):
+        first.setdefault(remove_punctuation(row.text), chosen.of(row.id))
+    return "utterance", {name: [r for r in rows if first[remove_punctuation(r.text)] == name] for name in SPLITS}
 
 
 def _split_speakers(rows: Sequence[Row], n_dev: int, n_test: int, seed: int) -> dict[str, list[Row]]:
