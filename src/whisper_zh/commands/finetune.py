@@ -67,6 +67,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="also export a CTranslate2 copy for faster-whisper (float16 storage, as the embedded base; "
                    "quantised to int8 at load on a CPU)")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an output directory that holds an earlier run (its checkpoints and log "
+                   "are deleted); without it or --resume such a directory is refused")
     p.add_argument("--skip-doctor", action=argparse.BooleanOptionalAction, default=None,
                    help="train even when `whisper-zh doctor` reports errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -88,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not config.train or not config.eval:
         raise UsageError("--train and --eval are required (or set them in --config)")
+    if _rank() == 0:  # before the doctor's checks: a refused folder should not cost them
+        from whisper_zh.training.checkpoints import check_output_dir
+
+        check_output_dir(config.output_dir, resume=args.resume, overwrite=args.overwrite)
     if not config.skip_doctor and _rank() == 0:
         from whisper_zh.training.doctor import print_report, run_checks
 
@@ -100,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     from whisper_zh.training.trainer import finetune
 
     command = "whisper-zh " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
-    result = finetune(config, resume=args.resume, progress=not args.no_progress, command=command)
+    result = finetune(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                      command=command)
     if _rank() == 0:
         before = "" if result.initial_cer is None else f" (before: {result.initial_cer:.2%})"
         print(f"best CER {result.best_cer:.2%} at step {result.best_step}{before}; "
