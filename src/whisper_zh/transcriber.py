@@ -28,6 +28,7 @@ from whisper_zh.chunking import (
     unpack,
     window_at,
 )
+from whisper_zh.convert import local_model
 from whisper_zh.decoding import DEFAULT_ZH_PROMPT, DecodeOptions, compression_ratio
 from whisper_zh.engines import Decoded, Decoder, Engine, RawSegment, load_decoder
 from whisper_zh.errors import AudioError, UsageError
@@ -86,9 +87,10 @@ class Transcriber:
         at once from several threads (ctranslate2), each on ``cpu_threads`` threads."""
         self.model_name = str(model)
         if decoder is None:
-            resolved = resolve_model(model)
-            decoder = load_decoder(resolved, engine, device=device, compute_type=compute_type,
-                                   cpu_threads=cpu_threads, workers=workers)
+            resolved = resolve_model(model)  # a name -> a local directory, in whichever layout it came
+            local = local_model(resolved, engine)  # in the engine's layout (converted and cached once)
+            decoder = load_decoder(local.path, engine, storage_type=local.storage_type, device=device,
+                                   compute_type=compute_type, cpu_threads=cpu_threads, workers=workers)
             layout, source = resolved.layout, resolved.source
         else:
             layout, source = "in-memory" if decoder.model_path.startswith("<") else "local", "local"
