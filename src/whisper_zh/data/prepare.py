@@ -13,14 +13,14 @@ a Common Voice TSV, a folder of audio with one ``.txt`` per file). Each row is c
 - a row that fails is dropped and named with its reason (``dropped.jsonl``, ``summary.json``, the printed summary).
 
 Splits: by speaker when the data has at least three speakers (no speaker in two splits), otherwise by utterance,
-drawn with a fixed seed across the whole id order (:func:`~whisper_zh.training.splits.stratified_split`, so every
+drawn with a fixed seed across the whole id order (:func:`~whisper_zh.data.splits.stratified_split`, so every
 run of neighbouring ids, one article or one kind of prompt, gives its share to each split), and every reading of
 one sentence in the split of its first. No utterance is in two splits.
 
 Targets are written as the model should learn to speak, with punctuation. Where the transcripts have none (fewer
 than half the rows carry a mark, as in AISHELL), the train and dev targets get it back as the fine-tuning bench
 does: the base model transcribes the audio and its marks are carried over to the transcript's own characters
-(:func:`~whisper_zh.training.punctuation.restore_punctuation`; the characters never change). Test targets stay
+(:func:`~whisper_zh.data.punctuation.restore_punctuation`; the characters never change). Test targets stay
 as written: CER scoring removes punctuation, and the test set stays the users' own words.
 """
 
@@ -264,7 +264,7 @@ def split_rows(rows: Sequence[Row], dev_fraction: float, test_fraction: float,
     """("speaker" or "utterance", {split: rows}): whole speakers per split when there are at least
     :data:`MIN_SPEAKERS`, otherwise utterances drawn across the id order, a sentence read twice in one split. No
     row is in two splits."""
-    from whisper_zh.training.splits import stratified_split
+    from whisper_zh.data.splits import stratified_split
 
     n_dev, n_test = round(len(rows) * dev_fraction), round(len(rows) * test_fraction)
     speakers = sorted({r.speaker for r in rows if r.speaker})
@@ -297,7 +297,7 @@ def _split_speakers(rows: Sequence[Row], n_dev: int, n_test: int, seed: int) -> 
 
 
 def _wants_punctuation(rows: Sequence[Row], mode: str) -> bool:
-    from whisper_zh.training.punctuation import is_mark
+    from whisper_zh.data.punctuation import is_mark
 
     if mode != "auto":
         return mode == "always"
@@ -310,7 +310,7 @@ def restore_targets(rows: Sequence[Row], out: Path, model: str, transcriber: Any
     targets changed. A clip the model cannot transcribe keeps its bare target."""
     from tqdm import tqdm
 
-    from whisper_zh.training.punctuation import restore_punctuation
+    from whisper_zh.data.punctuation import restore_punctuation
 
     if not rows:
         return 0
