@@ -72,13 +72,15 @@ class PrepareOptions:
     def __post_init__(self) -> None:
         for name in ("dev_fraction", "test_fraction"):
             if not 0 <= getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: give a fraction from 0 to below 1")
+                flag = f"--{name.replace('_', '-')} {getattr(self, name)}"
+                raise UsageError(f"{flag}: give a fraction from 0 to below 1")
         if self.dev_fraction + self.test_fraction >= 1:
             raise UsageError("--dev-fraction plus --test-fraction must leave something to train on (sum below 1)")
         if self.punctuate not in PUNCTUATE:
             raise UsageError(f"--punctuate {self.punctuate}: use one of {', '.join(PUNCTUATE)}")
         if not 0 < self.max_seconds <= MAX_SECONDS:
-            raise UsageError(f"--max-seconds {self.max_seconds}: give a length above 0 and at most {MAX_SECONDS:.0f} s")
+            raise UsageError(f"--max-seconds {self.max_seconds}: give a length above 0 and at most "
+                             f"{MAX_SECONDS:.0f} s")
 
 
 @dataclass
@@ -133,11 +135,12 @@ class PrepareSummary:
         if self.resampled:
             out.append(f"  {self.resampled} clip(s) written as 16 kHz mono FLAC under {self.output}/audio/")
         if self.punctuation == "restored":
-            out.append(f"  punctuation restored in {self.punctuated} of {self.punctuation_candidates} train and dev "
-                       f"target(s) (the transcripts had almost none; marks from the '{self.punctuation_model}' model's "
-                       "transcripts of the audio); test targets kept as written")
+            out.append(f"  punctuation restored in {self.punctuated} of {self.punctuation_candidates} train and "
+                       "dev target(s) (the transcripts had almost none; marks from the "
+                       f"'{self.punctuation_model}' model's transcripts of the audio); test targets kept as written")
         if self.dropped:
-            out.append(f"  dropped {len(self.dropped)}: {count_kinds(self.dropped)} (all in {self.output}/dropped.jsonl)")
+            out.append(f"  dropped {len(self.dropped)}: {count_kinds(self.dropped)} "
+                       f"(all in {self.output}/dropped.jsonl)")
             out += [f"    {row.id}: {row.reason}" + (f" ({row.where})" if row.where else "")
                     for row in self.dropped[:SHOWN]]
             if len(self.dropped) > SHOWN:
@@ -185,7 +188,8 @@ def prepare(
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
-    existing = [name for name in (*SPLITS, "summary") if (out / f"{name}.{'json' if name == 'summary' else 'jsonl'}").exists()]
+    names = [f"{name}.jsonl" for name in SPLITS] + ["summary.json"]
+    existing = [name for name in names if (out / name).exists()]
     if existing and not overwrite:
         raise UsageError(f"{out}: already holds prepared data ({', '.join(existing)}); "
                          "pass --overwrite to replace it, or choose another folder")
