@@ -197,7 +197,7 @@ def long_form(model: str, data: Path, out: Path) -> dict[str, Any]:
 
 def score(model: str, data: Path, out: Path) -> dict[str, Any]:
     """Every measurement of one model (cached in ``out``)."""
-    from whisper_zh.training.punctuation import punctuation_rates
+    from whisper_zh.data.punctuation import punctuation_rates
 
     reports = {"test": evaluate(model, data / "test.jsonl", out / "eval-test")}
     for name, manifest in OTHER_SETS.items():

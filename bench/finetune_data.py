@@ -3,13 +3,13 @@
 From the 500 AISHELL-1 S0150 utterances (news, commands and letters; ../shared/data/aishell1-sample-S0150):
 
 - ``split.json``: train / dev / test ids, drawn with a fixed seed across the whole corpus
-  (:func:`whisper_zh.training.splits.stratified_split`: every run of 10 consecutive ids, one article or one
+  (:func:`whisper_zh.data.splits.stratified_split`: every run of 10 consecutive ids, one article or one
   kind of prompt, gives 2 utterances to test and 1 to dev).
 - ``base_hypotheses.jsonl``: the embedded base's transcripts of the 500 utterances through the product decoder
   (``Transcriber("base")``, default ``DecodeOptions``: punctuated), as ``whisper-zh evaluate --model base`` makes
   them; the train and dev ones lend their punctuation to the references.
 - ``train.jsonl`` / ``dev.jsonl``: the references with the base's punctuation carried over
-  (:func:`whisper_zh.training.punctuation.restore_punctuation`); ``train-bare.jsonl``: the same utterances with
+  (:func:`whisper_zh.data.punctuation.restore_punctuation`); ``train-bare.jsonl``: the same utterances with
   AISHELL's bare references (the ablation); ``test.jsonl``: the test utterances with their references as they are.
 - ``longform-test.wav`` / ``longform-test.json``: the test clips joined end to end in id order (continuous speech,
   no added silence) and their references and spans.
@@ -67,7 +67,7 @@ def base_hypotheses(cache: Path) -> dict[str, str]:
 
 
 def build_text(cache: Path, split: dict) -> None:
-    from whisper_zh.training.punctuation import punctuation_rates, restore_punctuation
+    from whisper_zh.data.punctuation import punctuation_rates, restore_punctuation
 
     by_id = {r["id"]: r for r in rows()}
     hyps = base_hypotheses(cache)
@@ -141,7 +141,7 @@ def main() -> None:
     args = parser.parse_args()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    from whisper_zh.training.splits import stratified_split
+    from whisper_zh.data.splits import stratified_split
 
     split_path = cache / "split.json"
     if not split_path.is_file():

@@ -241,3 +241,34 @@ def test_many_short_clips_are_written_as_they_finish(example_clips, tmp_path, mo
     assert main(["transcribe", str(clips), "--output-dir", str(out), "--quiet"]) == 0
     assert seen == [[], ["c0.txt", "c1.txt"]]
     assert sorted(p.name for p in out.iterdir()) == [f"c{i}.txt" for i in range(4)]
+
+
+def test_the_progress_bar_never_passes_its_total(example_clips, transcriber):
+    """The bar counts seconds of audio; the transcriber credits them window by window. Rounded one by one, the
+    updates summed past the total (927/926); summed exactly, the bar ends at its total."""
+    from tqdm import tqdm
+
+    from whisper_zh.audio import audio_duration
+    from whisper_zh.commands.transcribe import SecondsProgress
+
+    total = sum(audio_duration(c["path"]) for c in example_clips)
+    bar = tqdm(total=round(total, 1), disable=True)
+    progress = SecondsProgress(bar)
+    for _ in transcriber.transcribe_iter([c["path"] for c in example_clips], on_progress=progress):
+        pass
+    assert bar.n == round(total, 1)
+    fine = tqdm(total=6.0, disable=True)
+    steps = SecondsProgress(fine)
+    for _ in range(100):  # 100 credits of 0.06 s: one by one each rounds up to 0.1 (10.0 of 6.0 before)
+        steps(0.06)
+    assert fine.n == 6.0
+
+
+def test_a_missing_relative_path_in_a_manifest_names_its_line(example_clips, tmp_path, capsys):
+    shutil.copy(example_clips[0]["path"], tmp_path / "a.wav")
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text('{"audio": "a.wav"}\n{"audio": "clips/b.wav"}\n', encoding="utf-8")
+    assert main(["transcribe", str(manifest), "--quiet"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert errors == [f"error: {manifest}:2: audio file not found: {tmp_path / 'clips' / 'b.wav'} "
+                      "(a relative path is read from the manifest's folder)"]

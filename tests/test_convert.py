@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -302,8 +303,13 @@ def test_cli_convert(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert cli_main(["convert", str(tiny_dir), str(out), "--to", "ctranslate2"]) == 2
     assert "already exists" in capsys.readouterr().err
     hf_out = tmp_path / "hf"
-    assert cli_main(["convert", str(out), str(hf_out), "--to", "transformers"]) == 0
+    old_mask = os.umask(0o022)
+    try:
+        assert cli_main(["convert", str(out), str(hf_out), "--to", "transformers"]) == 0
+    finally:
+        os.umask(old_mask)
     assert resolve_model(hf_out).layout == "transformers"
+    assert stat.S_IMODE((hf_out / "model.safetensors").stat().st_mode) == 0o644  # safetensors wrote it 0600
 
 
 def test_cli_convert_output_errors_are_one_line(tiny_dir: Path, tmp_path: Path, capsys) -> None:
@@ -316,3 +322,29 @@ def test_cli_convert_output_errors_are_one_line(tiny_dir: Path, tmp_path: Path, 
     assert cli_main(["convert", str(tiny_dir), str(tiny_dir.parent), "--to", "ctranslate2", "--force"]) == 2
     assert "is (or holds) the source model" in capsys.readouterr().err
     assert tiny_dir.is_dir()
+
+
+def test_a_name_is_made_local_once_and_the_engine_only_loads_the_path(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Name -> local directory -> directory in the engine's layout (converted and cached once) -> the engine loads
+    that path; the Transcriber records where the weights came from and how they are stored."""
+    from whisper_zh.convert import local_model
+    from whisper_zh.engines import load_decoder
+    from whisper_zh.models import embedded_model_dir
+    from whisper_zh.transcriber import Transcriber
+
+    monkeypatch.setenv("WHISPER_ZH_HOME", str(tmp_path / "home"))
+    local = local_model(resolve_model(tiny_dir), "ctranslate2")
+    assert local.path.parent == tmp_path / "home" / "models" and local.storage_type == "float16"
+    assert local_model(resolve_model(tiny_dir), "ctranslate2") == local  # cached, not converted again
+    assert local_model(resolve_model(tiny_dir), "transformers").path == tiny_dir.resolve()
+    decoder = load_decoder(local.path, "ctranslate2", storage_type=local.storage_type)
+    assert decoder.model_path == str(local.path) and decoder.device == "cpu"
+    with pytest.raises(Exception):  # noqa: B017 - a Transformers directory is not something CTranslate2 loads
+        load_decoder(tiny_dir, "ctranslate2")
+    assert load_decoder(tiny_dir, "transformers").model_path == str(tiny_dir)
+    info = Transcriber(str(tiny_dir)).info
+    assert (info.layout, info.path, info.storage_type) == ("transformers", str(local.path), "float16")
+    monkeypatch.delenv("WHISPER_ZH_HOME")
+    assert local_model(resolve_model("base"), "ctranslate2").path == embedded_model_dir()

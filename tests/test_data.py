@@ -252,9 +252,12 @@ def test_detection_errors_and_forced_format(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="not a recognised dataset"):
         load_source(tmp_path / "empty")
-    (tmp_path / "notes.csv").write_text("a,b\n", encoding="utf-8")
+    (tmp_path / "notes.txt").write_text("a,b\n", encoding="utf-8")
     with pytest.raises(DataError, match="--format"):
-        load_source(tmp_path / "notes.csv")
+        load_source(tmp_path / "notes.txt")
+    (tmp_path / "notes.csv").write_text("a,b\n1,2\n", encoding="utf-8")  # a CSV manifest without its columns
+    bad = load_source(tmp_path / "notes.csv").problems
+    assert [(b.where, b.kind) for b in bad] == [("notes.csv:2", "malformed_row")] and "audio field" in bad[0].reason
     with pytest.raises(DataError, match="unknown data format"):
         load_source(tmp_path, format="parquet")
     # Forcing a format that does not fit gives a clear error rather than an empty source.
@@ -270,7 +273,7 @@ def test_detection_errors_and_forced_format(tmp_path):
 def test_streamed_dataset_rows_as_the_hub_path_gets_them(tmp_path):
     """The hub loader streams an IterableDataset; the same conversion runs here on a local one (no network)."""
     datasets = pytest.importorskip("datasets")
-    from whisper_zh.data import _hf_source
+    from whisper_zh.data.hf import _hf_source
 
     clips = _clips(2)
     table = {

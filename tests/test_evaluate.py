@@ -209,7 +209,9 @@ def test_evaluate_end_to_end_on_shared_clips(tmp_path, capsys):
     assert report["metrics"]["plain"]["cer"]["rate"] == pytest.approx(errors / length)
     # The clips are AISHELL "设定二十九度"-style commands: base must get most characters right once numbers match.
     assert report["metrics"]["numbers"]["cer"]["rate"] < 0.5
-    assert "## Skipped rows (2)" in (out / "report.md").read_text(encoding="utf-8")
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "## Skipped rows (2)" in markdown
+    assert report["model"]["device"] == "cpu" and "(cpu, int8" in markdown and "None" not in markdown
 
 
 def test_rescore_without_transcribing(tmp_path, capsys):

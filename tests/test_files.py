@@ -89,3 +89,22 @@ def test_a_killed_build_leaves_only_a_findable_leftover(tmp_path):
     assert not (tmp_path / "model").exists()
     [left] = leftovers(tmp_path)
     assert left.name.startswith(".tmp-model-")
+
+
+def test_files_a_library_writes_privately_are_published_with_the_umask_mode(tmp_path, umask):
+    """safetensors' save_file leaves model.safetensors 0600; convert and finetune publish through atomic_dir,
+    and every file there gets the mode the umask gives, like the other outputs."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    umask(0o022)
+    with atomic_dir(tmp_path / "model") as staging:
+        save_file({"w": torch.zeros(2)}, str(staging / "model.safetensors"))
+        (staging / "run.sh").write_text("#!/bin/sh\n")
+        os.chmod(staging / "run.sh", 0o700)
+    assert mode(tmp_path / "model" / "model.safetensors") == 0o644
+    assert mode(tmp_path / "model" / "run.sh") == 0o755
+    umask(0o002)
+    with atomic_dir(tmp_path / "merged", merge=True) as staging:
+        save_file({"w": torch.zeros(2)}, str(staging / "model.safetensors"))
+    assert mode(tmp_path / "merged" / "model.safetensors") == 0o664

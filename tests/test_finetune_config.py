@@ -185,3 +185,25 @@ def test_small_data_recipe_is_the_variant_the_accuracy_bench_measured(tmp_path):
     differ = {k: (v, shipped[k]) for k, v in measured.items() if k not in run_only and shipped[k] != v}
     assert differ == {}
     assert shipped["learning_rate"] == 1e-5
+
+
+def test_a_folder_that_holds_a_run_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
+    """Two runs into one folder mixed their checkpoints and logs (the best checkpoint could be the old run's)."""
+    from whisper_zh.cli import main
+    from whisper_zh.training.checkpoints import check_output_dir
+
+    out = tmp_path / "run"
+    (out / "checkpoints" / "step-000010").mkdir(parents=True)
+    (out / "train_log.jsonl").write_text('{"step": 10}\n')
+    (out / "model.safetensors").write_bytes(b"old")
+    manifest = tmp_path / "none.jsonl"  # never read: the folder is refused first
+    argv = ["finetune", "--train", str(manifest), "--eval", str(manifest), "-o", str(out), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds a fine-tuning run (checkpoints, train_log.jsonl, model.safetensors)" in err
+    assert "--resume" in err and "--overwrite" in err
+    check_output_dir(out, resume=True, overwrite=False)  # continuing it is what --resume is for
+    assert (out / "checkpoints" / "step-000010").is_dir()
+    check_output_dir(out, resume=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors"]  # replaced whole by the new export
+    check_output_dir(tmp_path / "fresh", resume=False, overwrite=False)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from whisper_zh.data.punctuation import punctuation_rates, restore_punctuation
+from whisper_zh.data.splits import stratified_split
 from whisper_zh.decoding import DEFAULT_ZH_PROMPT
 from whisper_zh.training.augment import Augmenter, add_noise, change_speed
 from whisper_zh.training.features import (
@@ -18,8 +20,6 @@ from whisper_zh.training.features import (
     Item,
     WindowDataset,
 )
-from whisper_zh.training.punctuation import punctuation_rates, restore_punctuation
-from whisper_zh.training.splits import stratified_split
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aishell1-sample-S0150"
 needs_data = pytest.mark.skipif(not (DATA / "manifest.jsonl").is_file(), reason=f"shared clips not found at {DATA}")

@@ -43,6 +43,18 @@ def test_groups_follow_the_transcribers_rule():
     assert [[i.key for i in g] for g in groups] == [["f0", "f1", "f2"], ["f3", "f4"], ["f5"]]
 
 
+def test_every_core_gets_a_group_of_a_short_job(aishell_rows):
+    """400 s of clips on 4 workers: one 1200 s group (one busy worker, three idle) before; one group each now,
+    consecutive clips, every clip once. A size given is kept (it decides the packs)."""
+    from whisper_zh.distributed.pipeline import RayOptions, plan_job
+
+    items = [Item(row["path"], row["id"], row["duration"]) for row in aishell_rows[:120]]
+    groups, workers = plan_job(items, RayOptions(), 4)
+    assert workers == 4 and len(groups) == 4 and [i for g in groups for i in g] == items
+    assert plan_job(items, RayOptions(group_seconds=1200), 4)[1] == 1
+    assert plan_job(items[:1], RayOptions(), 4)[1] == 1
+
+
 def _transcription(text: str, logprob: float = -0.2, no_speech: float = 0.1, ratio: float = 1.0) -> Transcription:
     return Transcription("a.wav", [Segment(0, 0.0, 1.0, text, logprob, no_speech, ratio, tokens=[1, 2])], "zh", 1.5)
 

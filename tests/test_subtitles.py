@@ -87,3 +87,22 @@ def test_padding_and_reading_time_never_make_a_cue_longer_than_the_maximum():
     speech = timed("我们今天去公园散步吧", 2.0, 0.66)  # 6.6 s of speech with 2 s of silence on each side
     cues = make_cues(transcription(speech, duration=12.6))
     assert len(cues) == 1 and cues[0].end - cues[0].start <= 7.0 + 1e-9, cues
+
+
+def test_punctuation_stays_with_the_text_before_it():
+    """Continuous speech: a window decoded after a pause starts with "，"; a pause can fall just before a mark;
+    a line break can land on one. No cue and no line starts with a mark; the mark ends the text before it."""
+    first = timed("今天我们来讲一讲番石榴的种植方法", 0.0, 0.2)
+    second = timed("，首先要选一块阳光充足排水良好的地", 4.0, 0.2)
+    pause_before_comma = timed("越来越多的汽车公司开始思考大城市的未来该如何规划，以及城市交通的发展方向。", 10.0, 0.2,
+                               {text_index - 1: 0.8 for text_index in [len("越来越多的汽车公司开始思考大城市的未来该如何规划")]})
+    line_break = timed("这是第一行正好十六个字的一段话语呀，这是第二行也差不多有十六个字。", 30.0, 0.1)
+    result = transcription(first, second, pause_before_comma, line_break)
+    cues = make_cues(result)
+    lines = [line for cue in cues for line in cue.lines]
+    assert not [line for line in lines if line[0] in "，。、；：？！"], lines
+    assert cues[0].text.endswith("，") and cues[1].text.startswith("首先")
+    assert any(c.text.endswith("规划，") for c in cues)
+    for fmt in ("srt", "vtt"):
+        body = format_transcription(result, fmt)
+        assert "\n，" not in body and "\n。" not in body

@@ -249,3 +249,19 @@ def test_translation_to_english_keeps_its_words(transcriber, aishell_rows):
     letters = sum(c.isalnum() for c in result.text)
     assert letters > 8 * result.duration + 2, result.text
     assert len(result.text.split()) >= 5 and result.text.isascii(), result.text
+
+
+def test_translation_that_leaves_chinese_in_the_english_is_said(aishell_rows, transcriber, caplog):
+    """base translates W0206 to '... security保障' and leaves W0210 in Chinese: both are warned about; a clean
+    English translation is not."""
+    import logging
+
+    from whisper_zh.decoding import DecodeOptions
+
+    clips = [aishell_rows[i]["path"] for i in (205, 209, 202)]
+    with caplog.at_level(logging.WARNING, logger="whisper_zh.transcriber"):
+        results = transcriber.transcribe_batch(clips, DecodeOptions(task="translate"))
+    warned = [r.getMessage() for r in caplog.records if "still hold Chinese" in r.getMessage()]
+    mixed = [c for c, r in zip(clips, results, strict=True) if any("\u4e00" <= ch <= "\u9fff" for ch in r.text)]
+    assert mixed and sorted(m.split(": ")[0] for m in warned) == sorted(mixed)
+    assert clips[2] not in mixed

@@ -14,4 +14,4 @@ from whisper_zh.results import Segment, Transcription, Word
 from whisper_zh.transcriber import Transcriber
 
 __all__ = ["DecodeOptions", "Segment", "Transcriber", "Transcription", "Word"]
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the package's version (pyproject.toml reads it from here)

@@ -11,12 +11,14 @@ import importlib
 import logging
 import sys
 
+from whisper_zh import __version__
 from whisper_zh.errors import WhisperZhError
 
 # Each module defines `add_parser(subparsers) -> None` (which sets `func=run`) and `run(args) -> int`.
 COMMANDS = (
     "whisper_zh.commands.transcribe",
     "whisper_zh.commands.convert",
+    "whisper_zh.commands.prepare",
     "whisper_zh.commands.finetune",
     "whisper_zh.commands.doctor",
     "whisper_zh.commands.evaluate",
@@ -31,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mandarin Chinese speech recognition with Whisper: transcribe, evaluate, fine-tune, serve.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug information")
+    parser.add_argument("--version", action="version", version=f"whisper-zh {__version__}",
+                        help="print the version and exit")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMANDS:
         importlib.import_module(module_name).add_parser(subparsers)

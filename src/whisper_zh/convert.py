@@ -29,7 +29,7 @@ import numpy as np
 
 from whisper_zh.errors import ModelNotFoundError, WhisperZhError
 from whisper_zh.files import atomic_dir
-from whisper_zh.models import ResolvedModel, cache_dir, detect_layout
+from whisper_zh.models import Layout, ResolvedModel, cache_dir, detect_layout
 
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
 # What a Transformers checkpoint is stored as when converted for decoding: float16, as the embedded base is
@@ -395,6 +395,28 @@ def ensure_ctranslate2(resolved: ResolvedModel, quantization: str | None = None)
     key = _source_key(resolved.path, stored)
     target = cache_dir() / "models" / f"{_slug(resolved.path)}-{key[:10]}-ct2-{stored}"
     return _cached(target, key, lambda: _hf_to_ct2_builder(resolved.path, stored))
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A model ready for one engine: its directory in that engine's layout (converted and cached once where the
+    model came in the other layout) and how its weights are stored there."""
+
+    path: Path
+    layout: Layout
+    storage_type: str
+
+
+def local_model(resolved: ResolvedModel, layout: Layout) -> LocalModel:
+    """``resolved`` in ``layout`` ("ctranslate2" or "transformers", the engine's name): the step between naming a
+    model (:func:`~whisper_zh.models.resolve_model`) and loading it (:func:`~whisper_zh.engines.load_decoder`),
+    so an engine is handed a path it only loads."""
+    if layout == "ctranslate2":
+        path = ensure_ctranslate2(resolved)
+        return LocalModel(path, layout, ct2_storage_type(path))
+    if layout == "transformers":
+        return LocalModel(ensure_transformers(resolved), layout, "")  # the engine reads the dtype as it loads
+    raise ValueError(f"unknown layout '{layout}': use ctranslate2 or transformers")
 
 
 def ensure_transformers(resolved: ResolvedModel) -> Path:

@@ -107,10 +107,16 @@ def _replace_dir(staging: Path, target: Path) -> None:
 
 
 def _fsync_tree(root: Path) -> None:
-    """fsync every file under ``root`` and every directory in it, so the content is on disk before the rename."""
+    """fsync every file under ``root`` and every directory in it, so the content is on disk before the rename;
+    each file gets the mode the umask gives (safetensors' ``save_file`` writes through a 0600 temporary file)."""
+    mask = current_umask()
     for folder, _, names in os.walk(root):
         for name in names:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                executable = os.stat(path).st_mode & 0o111
+                os.chmod(path, (0o777 if executable else 0o666) & ~mask)
+            fd = os.open(path, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:

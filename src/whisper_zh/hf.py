@@ -9,6 +9,7 @@ first: names (models) -> parts (hf_parts) -> conversion (convert) -> loading (th
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from transformers import (
@@ -18,12 +19,12 @@ from transformers import (
     WhisperTokenizer,
 )
 
-from whisper_zh.convert import ensure_transformers
+from whisper_zh.convert import local_model
 from whisper_zh.hf_parts import build_feature_extractor, build_generation_config, load_tokenizer
 from whisper_zh.hf_parts import save_processor as save_processor  # re-exported: callers save what they load
 from whisper_zh.models import ResolvedModel, resolve_model
 
-__all__ = ["load_transformers_whisper", "load_tokenizer", "save_processor"]
+__all__ = ["load_transformers_dir", "load_transformers_whisper", "load_tokenizer", "save_processor"]
 
 
 def _complete_generation_config(model: WhisperForConditionalGeneration, tokenizer: WhisperTokenizer) -> None:
@@ -48,7 +49,14 @@ def load_transformers_whisper(
     CTranslate2 model is converted once into the cache (``<cache>/models/<name>-hf``) and reused after.
     """
     resolved = name_or_resolved if isinstance(name_or_resolved, ResolvedModel) else resolve_model(name_or_resolved)
-    model_dir = ensure_transformers(resolved)
+    return load_transformers_dir(local_model(resolved, "transformers").path, dtype)
+
+
+def load_transformers_dir(
+    model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32
+) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
+    """Load the Transformers Whisper directory ``model_dir`` as it is (what the Transformers engine loads)."""
+    model_dir = Path(model_dir)
     tokenizer = load_tokenizer(model_dir)
     model = WhisperForConditionalGeneration.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True)
     model.eval()

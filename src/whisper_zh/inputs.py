@@ -129,7 +129,10 @@ def _manifest_paths(manifest: Path) -> tuple[list[str], list[Rejected]]:
             rejected.append(Rejected(where, "not a JSON object with an 'audio' path"))
             continue
         audio_path = Path(audio) if Path(audio).is_absolute() else manifest.parent / audio
-        if reason := not_a_regular_file(audio_path):
+        if not audio_path.exists() and not audio_path.is_symlink():
+            relative = "" if Path(audio).is_absolute() else " (a relative path is read from the manifest's folder)"
+            rejected.append(Rejected(where, f"audio file not found: {audio_path}{relative}"))
+        elif reason := not_a_regular_file(audio_path):
             rejected.append(Rejected(f"{where}: {audio_path}", reason))
         else:
             paths.append(str(audio_path))

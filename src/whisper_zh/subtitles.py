@@ -21,6 +21,9 @@ from whisper_zh.wordseg import word_boundaries
 
 STRONG_BREAK = SENTENCE_MARKS  # sentence ends: the best places to cut
 WEAK_BREAK = "，、：,:—"  # clause marks: good places to cut
+# Marks that close what comes before them: a cue or a line never starts with one (Chinese line-breaking rules,
+# 避头点); the mark stays with the text before it.
+NO_LINE_START = frozenset("，。、；：？！…,.;:?!)）」』》〉”’】")
 # Score of a cut: a sentence end or a clause mark counts as this many seconds of pause.
 STRONG_BONUS, WEAK_BONUS = 1.0, 0.5
 # A cue comes on up to this long before its speech, and stays up to this long after it (seconds).
@@ -74,9 +77,25 @@ def make_cues(transcription: Transcription, options: CueOptions | None = None) -
     pieces: list[list[_Char]] = []
     for segment in transcription.segments:
         pieces += _cut(_timed_chars(segment), options)
+    pieces = _marks_to_text_before(pieces)
     spans = _screen_times([(p[0].start, p[-1].end, len(p)) for p in pieces], transcription.duration, options)
     return [Cue(start, end, _lines("".join(c.char for c in piece).strip(), options))
             for piece, (start, end) in zip(pieces, spans, strict=True)]
+
+
+def _marks_to_text_before(pieces: list[list[_Char]]) -> list[list[_Char]]:
+    """A piece that starts with closing marks (a segment decoded after a pause in continuous speech often starts
+    with "，") gives them to the piece before it; at the very start they have no text to follow and go."""
+    out: list[list[_Char]] = []
+    for piece in pieces:
+        piece = list(piece)
+        while piece and (piece[0].char in NO_LINE_START or piece[0].char.isspace()):
+            mark = piece.pop(0)
+            if out and not mark.char.isspace():
+                out[-1].append(replace(mark, start=out[-1][-1].end, end=out[-1][-1].end))
+        if piece:
+            out.append(piece)
+    return out
 
 
 def _timed_chars(segment: Segment) -> list[_Char]:
@@ -118,6 +137,7 @@ def _best_cut(chars: list[_Char], options: CueOptions) -> int | None:
     """The boundary to cut at: between words, preferring punctuation and pauses, then balance."""
     text = "".join(c.char for c in chars)
     allowed = word_boundaries(text) | {k + 1 for k, ch in enumerate(text[:-1]) if ch in STRONG_BREAK + WEAK_BREAK}
+    allowed = {_past_marks(text, k) for k in allowed}
     allowed = {k for k in allowed if 0 < k < len(chars) and text[:k].strip() and text[k:].strip()}
     if not allowed:
         return None
@@ -166,12 +186,21 @@ def _lines(text: str, options: CueOptions) -> tuple[str, ...]:
     """Break a cue's text into lines of at most max_line_chars, at word boundaries, as evenly as possible."""
     if len(text) <= options.max_line_chars or options.max_lines == 1:
         return (text,)
-    allowed = sorted(k for k in word_boundaries(text) if 0 < k < len(text))
-    fitting = [k for k in allowed if k <= options.max_line_chars and len(text) - k <= options.max_line_chars * (options.max_lines - 1)]
+    allowed = sorted({_past_marks(text, k) for k in word_boundaries(text)} - {0, len(text)})
+    # a mark may hang past the line's end rather than open the next line
+    fitting = [k for k in allowed if len(text[:k].rstrip("".join(NO_LINE_START))) <= options.max_line_chars
+               and len(text) - k <= options.max_line_chars * (options.max_lines - 1)]
     if not fitting:
         return (text,)  # a word longer than a line
     cut = min(fitting, key=lambda k: (abs(len(text) - 2 * k), -_is_break(text[k - 1])))
     return (text[:cut].rstrip(),) + _lines(text[cut:].lstrip(), replace(options, max_lines=options.max_lines - 1))
+
+
+def _past_marks(text: str, k: int) -> int:
+    """Boundary ``k`` moved past the closing marks that follow it, so they stay with the text before."""
+    while k < len(text) and text[k] in NO_LINE_START:
+        k += 1
+    return k
 
 
 def _is_break(char: str) -> int:

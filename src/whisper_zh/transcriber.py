@@ -28,12 +28,13 @@ from whisper_zh.chunking import (
     unpack,
     window_at,
 )
+from whisper_zh.convert import local_model
 from whisper_zh.decoding import DEFAULT_ZH_PROMPT, DecodeOptions, compression_ratio
 from whisper_zh.engines import Decoded, Decoder, Engine, RawSegment, load_decoder
 from whisper_zh.errors import AudioError, UsageError
 from whisper_zh.models import resolve_model
-from whisper_zh.normalize import CJK_RANGES
-from whisper_zh.results import Transcription
+from whisper_zh.normalize import CJK_RANGES, has_cjk
+from whisper_zh.results import Segment, Transcription
 from whisper_zh.segments import Piece, build_segments
 from whisper_zh.vad import Span, load_detector, speech_regions
 
@@ -60,6 +61,7 @@ class ModelInfo:
     engine: str
     storage_type: str
     compute_type: str
+    device: str = "unknown"
 
 
 class Transcriber:
@@ -85,16 +87,17 @@ class Transcriber:
         at once from several threads (ctranslate2), each on ``cpu_threads`` threads."""
         self.model_name = str(model)
         if decoder is None:
-            resolved = resolve_model(model)
-            decoder = load_decoder(resolved, engine, device=device, compute_type=compute_type,
-                                   cpu_threads=cpu_threads, workers=workers)
+            resolved = resolve_model(model)  # a name -> a local directory, in whichever layout it came
+            local = local_model(resolved, engine)  # in the engine's layout (converted and cached once)
+            decoder = load_decoder(local.path, engine, storage_type=local.storage_type, device=device,
+                                   compute_type=compute_type, cpu_threads=cpu_threads, workers=workers)
             layout, source = resolved.layout, resolved.source
         else:
             layout, source = "in-memory" if decoder.model_path.startswith("<") else "local", "local"
         self.decoder = decoder
         load_detector()
         self.info = ModelInfo(self.model_name, decoder.model_path, layout, source, decoder.name,
-                              decoder.storage_type, decoder.compute_type)
+                              decoder.storage_type, decoder.compute_type, getattr(decoder, "device", "unknown"))
 
     @property
     def engine(self) -> str:
@@ -295,7 +298,20 @@ class _Run:
         language = file.language or self.options.language or "zh"
         segments = build_segments(pieces, duration=file.duration, options=self.options, language=language,
                                   regions=file.regions, source=file.source)
+        if self.options.task == "translate":
+            _warn_untranslated(file.source, segments)
         return Transcription(file.source, segments, language, file.duration)
+
+
+def _warn_untranslated(source: str, segments: Sequence[Segment]) -> None:
+    """Whisper's translation to English can leave Chinese in the text (base: a word at a sentence's end, or a
+    whole sentence left in Chinese, on 2 of 12 AISHELL clips). Nothing in the decoder reliably avoids it, so it is
+    said, with the segments it is in, rather than handed on as English."""
+    mixed = [s for s in segments if has_cjk(s.text)]
+    if mixed:
+        logger.warning("%s: %d of %d translated segment(s) still hold Chinese characters (e.g. %r); a larger "
+                       "model translates better, or transcribe and translate the text", source, len(mixed),
+                       len(segments), mixed[0].text[:40])
 
 
 # A window with less final text than this (seconds) is taken whole: nothing in it was final, and a stream must

@@ -36,7 +36,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--language", default=DEFAULTS.language, help="language code, or 'auto' to detect (default: zh)"
     )
-    parser.add_argument("--beam-size", type=int, default=DEFAULTS.beam_size)
+    parser.add_argument("--beam-size", type=int, default=DEFAULTS.beam_size,
+                        help=f"beam search width; 1 decodes greedily (default: {DEFAULTS.beam_size})")
     parser.add_argument(
         "--batch-size", type=int, default=DEFAULTS.batch_size,
         help=f"windows decoded together (default: {DEFAULTS.batch_size})",
@@ -46,7 +47,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"text that conditions the decoder (default: '{DEFAULT_ZH_PROMPT}', for Mandarin only; '' for none)",
     )
     parser.add_argument("--hotwords", default=DEFAULTS.hotwords, help="domain terms to favour, e.g. '深度学习 张三'")
-    parser.add_argument("--script", choices=SCRIPTS, default=DEFAULTS.script)
+    parser.add_argument("--script", choices=SCRIPTS, default=DEFAULTS.script,
+                        help=f"Chinese script of the output, converted with OpenCC (default: {DEFAULTS.script})")
     parser.add_argument(
         "--no-vad", action="store_true", help="decode long audio straight through instead of cutting it at pauses"
     )

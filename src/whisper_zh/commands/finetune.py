@@ -41,18 +41,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="per-device training batch size")
     p.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
     p.add_argument("--max-steps", type=int, help="optimizer steps")
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--eval-steps", type=int)
-    p.add_argument("--save-steps", type=int)
-    p.add_argument("--logging-steps", type=int)
-    p.add_argument("--max-eval-samples", type=int)
+    p.add_argument("--warmup-steps", type=int, help="steps of linear learning-rate warmup")
+    p.add_argument("--eval-steps", type=int, help="evaluate the CER every N steps")
+    p.add_argument("--save-steps", type=int, help="save a checkpoint every N steps")
+    p.add_argument("--logging-steps", type=int, help="log the loss every N steps")
+    p.add_argument("--max-eval-samples", type=int, help="evaluate on at most N utterances of --eval (the first N)")
     p.add_argument("--early-stopping-patience", type=int, help="stop after N evals without a better CER")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"))
-    p.add_argument("--seed", type=int)
-    p.add_argument("--feature-pipeline", choices=("faster-whisper", "transformers"))
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"),
+                   help="training precision; auto: bf16 where the hardware has it, fp16 on older GPUs, else fp32")
+    p.add_argument("--seed", type=int, help="random seed of the run (data order, augmentation, dropout)")
+    p.add_argument("--feature-pipeline", choices=("faster-whisper", "transformers"),
+                   help="log-mel features as faster-whisper computes them at inference (default) or as "
+                   "Transformers' WhisperFeatureExtractor does")
     p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
                    help="pack several utterances into each 30 s window (timestamp tokens)")
-    p.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="mask random time and frequency bands of the features (SpecAugment)")
     p.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=None,
                    help="train the decoder only")
     p.add_argument("--freeze-decoder", action=argparse.BooleanOptionalAction, default=None,
@@ -63,6 +67,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="also export a CTranslate2 copy for faster-whisper (float16 storage, as the embedded base; "
                    "quantised to int8 at load on a CPU)")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an output directory that holds an earlier run (its checkpoints and log "
+                   "are deleted); without it or --resume such a directory is refused")
     p.add_argument("--skip-doctor", action=argparse.BooleanOptionalAction, default=None,
                    help="train even when `whisper-zh doctor` reports errors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -84,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not config.train or not config.eval:
         raise UsageError("--train and --eval are required (or set them in --config)")
+    if _rank() == 0:  # before the doctor's checks: a refused folder should not cost them
+        from whisper_zh.training.checkpoints import check_output_dir
+
+        check_output_dir(config.output_dir, resume=args.resume, overwrite=args.overwrite)
     if not config.skip_doctor and _rank() == 0:
         from whisper_zh.training.doctor import print_report, run_checks
 
@@ -96,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     from whisper_zh.training.trainer import finetune
 
     command = "whisper-zh " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
-    result = finetune(config, resume=args.resume, progress=not args.no_progress, command=command)
+    result = finetune(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                      command=command)
     if _rank() == 0:
         before = "" if result.initial_cer is None else f" (before: {result.initial_cer:.2%})"
         print(f"best CER {result.best_cer:.2%} at step {result.best_step}{before}; "

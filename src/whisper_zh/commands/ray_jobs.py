@@ -50,9 +50,9 @@ def add_ray_arguments(parser: argparse.ArgumentParser, *, manifest: bool = False
                        help="GPUs per actor (default: 1 with --device cuda, else 0)")
     group.add_argument("--max-retries", type=int, default=3,
                        help="times a group of files is retried when its worker dies (default: 3)")
-    group.add_argument("--group-seconds", type=float, default=GROUP_SECONDS,
-                       help=f"audio per actor call: the unit of packing, retry and resume (default and most: "
-                       f"{GROUP_SECONDS:g})")
+    group.add_argument("--group-seconds", type=float, default=None,
+                       help=f"audio per actor call: the unit of packing, retry and resume (default: up to "
+                       f"{GROUP_SECONDS:g}, less where that would leave workers idle; at most {GROUP_SECONDS:g})")
     if not manifest:
         return
     keep = ConfidenceFilter()

@@ -52,7 +52,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help=f"wrong API keys from one address within {DEFAULTS.key_failure_window_s:g} s before it gets "
                    "429 for the rest of that time (default: %(default)s; 0: no limit)")
     _add_limit_arguments(p)
-    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="the server's log level (default: info)")
     p.set_defaults(func=run)
 
 

@@ -36,14 +36,16 @@ logger = logging.getLogger(__name__)
 class RayOptions:
     """How the job runs on Ray. ``address=None`` starts Ray on this machine (every core); ``"auto"`` or
     ``"ray://host:10001"`` joins a running cluster. ``num_workers=None``: as many actors as the cluster's CPUs
-    (or GPUs, with ``gpus_per_worker``) allow."""
+    (or GPUs, with ``gpus_per_worker``) allow. ``group_seconds=None``: groups of up to the transcriber's
+    :data:`~whisper_zh.transcriber.GROUP_SECONDS`, cut smaller where a job holds fewer groups than workers, so that
+    every worker gets one (packs then follow those smaller groups; give a size to keep the single-process one)."""
 
     address: str | None = None
     num_workers: int | None = None
     threads_per_worker: int = 1
     gpus_per_worker: float = 0.0
     max_retries: int = 3
-    group_seconds: float = GROUP_SECONDS
+    group_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_workers is not None and self.num_workers < 1:
@@ -54,7 +56,7 @@ class RayOptions:
             raise UsageError("--gpus-per-worker cannot be negative")
         if self.max_retries < 0:
             raise UsageError("--max-retries cannot be negative")
-        if not 0 < self.group_seconds <= GROUP_SECONDS:
+        if self.group_seconds is not None and not 0 < self.group_seconds <= GROUP_SECONDS:
             # Larger groups would be cut again inside the actor, and differently from the single-process path.
             raise UsageError(f"the group size must be between 0 and {GROUP_SECONDS:g} seconds")
 
@@ -117,9 +119,8 @@ def run_job(
     summary = JobSummary(inputs=len(items), skipped=len(items) - len(pending))
     started = time.perf_counter()
     if pending:
-        groups = plan_groups(pending, options.group_seconds)
         with ray_session(options.address):
-            summary.workers = _pool_size(options, len(groups))
+            groups, summary.workers = plan_job(pending, options, _pool_size(options))
             seen = _consume(_dataset(groups, spec, options, summary.workers), store, summary, pending,
                             on_outcome, progress)
         reason = f"not transcribed: its group failed on all {options.max_retries + 1} tries (its worker died)"
@@ -181,12 +182,23 @@ def _defaults_in_environment(defaults: dict[str, str]) -> Iterator[None]:
             os.environ.pop(name, None)
 
 
-def _pool_size(options: RayOptions, groups: int) -> int:
-    """Actors to start: as asked, else as many as the cluster's CPUs (GPUs) hold; never more than groups."""
+def plan_job(pending: Sequence[Item], options: RayOptions, workers: int) -> tuple[list[list[Item]], int]:
+    """(groups, actors): with no group size given, groups are cut small enough that each of ``workers`` gets one
+    (a job under 1200 s of audio was one group, so "every core" ran one worker); never more actors than groups."""
+    size = options.group_seconds
+    if size is None:
+        total = sum(item.duration for item in pending)
+        size = min(GROUP_SECONDS, total / workers) if total > 0 else GROUP_SECONDS
+    groups = plan_groups(pending, size)
+    return groups, max(1, min(workers, len(groups)))
+
+
+def _pool_size(options: RayOptions) -> int:
+    """Actors that fit: as asked, else as many as the cluster's CPUs (GPUs) hold."""
     import ray
 
     if options.num_workers is not None:
-        return min(options.num_workers, groups)
+        return options.num_workers
     resources = ray.cluster_resources()
     if options.gpus_per_worker > 0:
         fit = int(resources.get("GPU", 0) // options.gpus_per_worker)
@@ -194,7 +206,7 @@ def _pool_size(options: RayOptions, groups: int) -> int:
             raise UsageError(f"--gpus-per-worker {options.gpus_per_worker:g}: the Ray cluster has no GPU for it")
     else:
         fit = int(resources.get("CPU", 1) // options.threads_per_worker)
-    return max(1, min(fit, groups))
+    return max(1, fit)
 
 
 def _dataset(groups: list[list[Item]], spec: WorkerSpec, options: RayOptions, workers: int) -> Any:

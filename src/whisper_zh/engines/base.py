@@ -101,6 +101,7 @@ class Decoder(Protocol):
     model_path: str  # where the weights it runs were loaded from
     storage_type: str  # how the weights are stored on disk (float16, float32, int8, ...)
     compute_type: str  # the type the engine computes in
+    device: str  # where it runs: "cpu" or "cuda" ("auto" resolved)
     aligns_words: bool  # whether decode(..., words=True) works (packing and word times need it)
 
     @property

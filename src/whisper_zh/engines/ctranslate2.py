@@ -61,6 +61,7 @@ class CTranslate2Decoder:
         self.model_path = model_dir
         self.storage_type = storage_type
         self.compute_type = str(self._model.model.compute_type)
+        self.device = str(self._model.model.device)  # "auto" resolved by CTranslate2
         self._option_defaults = _batched_defaults()
 
     @property

@@ -9,6 +9,7 @@ so the transcriber neither packs clips nor asks it for word times.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,12 +43,12 @@ class TransformersDecoder:
         self._features = FeatureExtractor(feature_size=int(model.config.num_mel_bins))
 
     @classmethod
-    def load(cls, resolved: Any, *, device: str = "cpu") -> TransformersDecoder:
-        """Load a model that :func:`whisper_zh.models.resolve_model` found (converted to Transformers if needed)."""
-        from whisper_zh.hf import load_transformers_whisper
+    def load(cls, path: str | os.PathLike, *, device: str = "cpu") -> TransformersDecoder:
+        """Load the Transformers model directory ``path``."""
+        from whisper_zh.hf import load_transformers_dir
 
-        model, processor = load_transformers_whisper(resolved)
-        return cls(model, processor, device=device, model_path=str(resolved.path))
+        model, processor = load_transformers_dir(path)
+        return cls(model, processor, device=device, model_path=str(path))
 
     @property
     def is_multilingual(self) -> bool:

@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from whisper_zh.data.punctuation import punctuation_rates
 from whisper_zh.decoding import DecodeOptions
-from whisper_zh.training.punctuation import punctuation_rates
 
 # The scoring that picks checkpoints, and the one logged beside it (names of evaluation.default_scorings()).
 SELECTION_SCORING = "numbers"

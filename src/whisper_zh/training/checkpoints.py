@@ -15,11 +15,38 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from whisper_zh.errors import DataError
+from whisper_zh.errors import DataError, UsageError
 from whisper_zh.files import atomic_dir, atomic_write_text, leftovers
 
 MARKER = "COMPLETE"
+CHECKPOINTS = "checkpoints"  # under the run's output directory
+TRAIN_LOG = "train_log.jsonl"
+# What a run writes that a second run into the same folder would mix with its own (the exported model files
+# are replaced whole at the end; these would be resumed from, appended to, or averaged).
+RUN_STATE = (CHECKPOINTS, TRAIN_LOG, "averaged", "interpolated", "model.safetensors")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def previous_run(out_dir: str | Path) -> list[str]:
+    """The names in ``out_dir`` that an earlier fine-tuning run left there (empty when there is none)."""
+    return [name for name in RUN_STATE if (Path(out_dir) / name).exists()]
+
+
+def check_output_dir(out_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run where one already is, unless ``resume`` (continue it) or ``overwrite`` (its
+    checkpoints, log and intermediate models are deleted first)."""
+    found = previous_run(out_dir)
+    if not found or resume:
+        return
+    if not overwrite:
+        raise UsageError(f"{out_dir}: already holds a fine-tuning run ({', '.join(found)}); pass --resume to "
+                         "continue it, --overwrite to start again, or choose another --output-dir")
+    for name in found:
+        path = Path(out_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif name != "model.safetensors":  # the exported model is replaced whole when the new run ends
+            path.unlink()
 
 
 def checkpoint_dir(root: Path, step: int) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import re
 import time
@@ -48,8 +49,7 @@ from whisper_zh.training.modelcard import plot_curves, weights_kind, write_model
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
-TRAIN_LOG = "train_log.jsonl"
+CHECKPOINTS, TRAIN_LOG = ckpt.CHECKPOINTS, ckpt.TRAIN_LOG
 
 
 @dataclass
@@ -239,12 +239,15 @@ def evaluate_model(model: Any, evaluator: ProductEvaluator, builder: ExampleBuil
 
 # ---------------------------------------------------------------------------------------------- the loop
 
-def finetune(config: FinetuneConfig, *, resume: bool = False, progress: bool = True,
+def finetune(config: FinetuneConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
              command: str | None = None) -> FinetuneResult:
-    """Run one fine-tuning job described by ``config``; see the module docstring."""
+    """Run one fine-tuning job described by ``config``; see the module docstring. An output directory that holds
+    an earlier run is refused unless ``resume`` (continue it) or ``overwrite`` (start again)."""
     config.validate()
     if not config.train or not config.eval:
         raise DataError("finetune needs both a training source (--train) and an evaluation source (--eval)")
+    if int(os.environ.get("RANK", "0")) == 0:
+        ckpt.check_output_dir(config.output_dir, resume=resume, overwrite=overwrite)
     run = _Run(config, resume=resume, progress=progress)
     result = run.train()
     source = run.average_checkpoints() if config.average_last > 1 else None
