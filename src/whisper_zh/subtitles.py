@@ -55,6 +55,7 @@ class Cue:
     start: float
     end: float
     lines: tuple[str, ...]
+    speaker: str | None = None  # the segment's speaker, where diarization ran
 
     @property
     def text(self) -> str:
@@ -72,11 +73,14 @@ def make_cues(transcription: Transcription, options: CueOptions | None = None) -
     """The transcription's segments cut into cues within ``options`` (see the module docstring)."""
     options = options or CueOptions()
     pieces: list[list[_Char]] = []
+    speakers: list[str | None] = []
     for segment in transcription.segments:
-        pieces += _cut(_timed_chars(segment), options)
+        cut = _cut(_timed_chars(segment), options)
+        pieces += cut
+        speakers += [segment.speaker] * len(cut)
     spans = _screen_times([(p[0].start, p[-1].end, len(p)) for p in pieces], transcription.duration, options)
-    return [Cue(start, end, _lines("".join(c.char for c in piece).strip(), options))
-            for piece, (start, end) in zip(pieces, spans, strict=True)]
+    return [Cue(start, end, _lines("".join(c.char for c in piece).strip(), options), speaker)
+            for piece, (start, end), speaker in zip(pieces, spans, speakers, strict=True)]
 
 
 def _timed_chars(segment: Segment) -> list[_Char]:
