@@ -178,7 +178,7 @@ function handleEvent(ev) {
 
 function speakerCount() {
   const found = new Set([...$("transcript").children].map((li) => li.dataset.speaker).filter(Boolean));
-  return found.size ? ` ${found.size} speaker${found.size > 1 ? "s" : ""} 位说话人` : "";
+  return found.size ? ` · ${found.size} speaker${found.size > 1 ? "s" : ""} ${found.size} 位说话人` : "";
 }
 
 async function copyText() {
