@@ -10,7 +10,9 @@ after the best label mapping, and speaker-count accuracy); the default run score
 end (transcribe + diarize, labels on the transcript's segments) and times a 10-minute three-speaker conversation
 with and without diarization in one process.
 
-Run: .venv/bin/python bench/diarization.py [--tune] [--long-minutes 10] [--out bench/results/diarization.json]
+``--engine-only`` scores the engine's own turns on the held-out set (no transcript) with its time and memory.
+
+Run: .venv/bin/python bench/diarization.py [--tune | --engine-only] [--long-minutes 10] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -159,6 +161,31 @@ def held_out(long_minutes: float) -> dict:
     return out
 
 
+def engine_only(long_minutes: float) -> dict:
+    """The diarization engine alone on the held-out conversations (its own speaker turns, no transcript): what it
+    costs and how well it separates speakers before the transcript's segment times come in. Memory: the peak of
+    numpy's allocations (tracemalloc) while it runs, beside the size of the audio itself."""
+    import tracemalloc
+
+    from whisper_zh.diarize.engine import load_engine
+
+    engine = load_engine()
+    out = {}
+    for conversation in held_out_set(long_minutes):
+        tracemalloc.start()
+        wall, cpu = time.perf_counter(), time.process_time()
+        turns = engine.turns(conversation.audio, DiarizeOptions())
+        row = {"duration": round(conversation.duration, 1), "wall_s": round(time.perf_counter() - wall, 1),
+               "cpu_s": round(time.process_time() - cpu, 1),
+               "peak_mb": round(tracemalloc.get_traced_memory()[1] / 2**20, 1),
+               "audio_mb": round(conversation.audio.nbytes / 2**20, 1)}
+        tracemalloc.stop()
+        row.update(scores(conversation, [(t.start, t.end, f"S{t.speaker}") for t in turns]))
+        print(conversation.name, row, flush=True)
+        out[conversation.name] = row
+    return out
+
+
 def _timed(transcriber, conversation: Conversation, options) -> tuple[float, float, object]:  # noqa: ANN001
     wall, cpu = time.perf_counter(), time.process_time()
     result = transcriber.transcribe(conversation.audio, options)
@@ -168,10 +195,14 @@ def _timed(transcriber, conversation: Conversation, options) -> tuple[float, flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tune", action="store_true", help="score thresholds on the tuning speakers only")
+    parser.add_argument("--engine-only", action="store_true", help="the diarization engine alone on the held-out set")
     parser.add_argument("--long-minutes", type=float, default=10.0, help="the timed conversation (0: none)")
     parser.add_argument("--out", default=None, help="write the numbers here as JSON")
     args = parser.parse_args()
-    result = tune() if args.tune else held_out(args.long_minutes)
+    if args.tune:
+        result = tune()
+    else:
+        result = engine_only(args.long_minutes) if args.engine_only else held_out(args.long_minutes)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
