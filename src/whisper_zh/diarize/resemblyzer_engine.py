@@ -26,6 +26,7 @@ WINDOW = partials_n_frames / 100  # seconds (160 frames of 10 ms)
 STEP = 0.8  # Resemblyzer's own rate of partials (1.3 a second) is about this
 MIN_REGION = 0.3  # shorter bursts of sound (clicks, breaths) are not embedded; their words take a nearby speaker
 BATCH = 64
+VAD_BLOCK = 120.0  # seconds of audio given to the voice activity detector at once
 FRAME = 0.01
 MIN_TURN = 0.3  # a speaker change that comes back within this many seconds is noise: smoothed away
 
@@ -50,7 +51,7 @@ class ResemblyzerEngine:
         windows: list[Span] = []
         parts: list[np.ndarray] = []
         batch: list[np.ndarray] = []
-        for window, mel in _window_mels(audio, speech_regions(audio, DIARIZE_VAD_OPTIONS)):
+        for window, mel in _window_mels(audio, _speech(audio)):
             windows.append(window)
             batch.append(mel)
             if len(batch) == BATCH:
@@ -71,7 +72,17 @@ class ResemblyzerEngine:
         return out
 
 
-def _window_mels(audio: np.ndarray, regions: list[Span]) -> Iterator[tuple[Span, np.ndarray]]:
+def _speech(audio: np.ndarray) -> Iterator[Span]:
+    """Speech regions, found VAD_BLOCK seconds at a time (the detector copies what it is given: a block, not the
+    whole recording). A region that runs over a block's edge becomes two, which only moves a window edge."""
+    block = int(VAD_BLOCK * SAMPLE_RATE)
+    for start in range(0, len(audio), block):
+        offset = start / SAMPLE_RATE
+        for region in speech_regions(audio[start : start + block], DIARIZE_VAD_OPTIONS):
+            yield Span(region.start + offset, region.end + offset)
+
+
+def _window_mels(audio: np.ndarray, regions: Iterator[Span]) -> Iterator[tuple[Span, np.ndarray]]:
     """Each speech region's spectrogram (volume normalised over the region, as Resemblyzer does per utterance),
     cut into windows of WINDOW seconds every STEP seconds, the last one ending with the region; a region shorter
     than a window is one window."""
