@@ -2,9 +2,9 @@
 pyannote.metrics, and the wall time ``--diarize`` adds to transcription.
 
 Speakers are split in two, so that nothing the code was tuned on is in the held-out check:
-  tuning    AISHELL-3 voices SSB0005..SSB0145 (the first 15; one utterance each, cut in two turns at a pause)
+  tuning    AISHELL-3 voices SSB0005..SSB0133 (the first 15; one utterance each, cut in two turns at a pause)
             and 12 dspspeech20 speakers (isolated words, three to a turn)
-  held-out  AISHELL-1 S0150 and S0252, the Taiwan narrator, and the other 15 AISHELL-3 voices
+  held-out  AISHELL-1 S0150 and S0252, the Taiwan narrator, and SSB0139 (the first of the other 15 AISHELL-3 voices)
 ``--tune`` embeds the tuning conversations once and scores the clustering at each distance threshold (speaker error
 after the best label mapping, and speaker-count accuracy); the default run scores the held-out conversations end to
 end (transcribe + diarize, labels on the transcript's segments) and times a 10-minute three-speaker conversation
