@@ -52,13 +52,13 @@ class PyannoteEngine:
 
 
 def load_engine(name: str = "resemblyzer", *, device: str = "cpu") -> DiarizationEngine:
-    """The built-in engine (loaded on first use: it imports torch, librosa and scikit-learn)."""
+    """The built-in engine (loaded on first use: it imports torch, librosa and SciPy)."""
     if name != "resemblyzer":
         raise ValueError(f"unknown diarization engine '{name}': the built-in one is resemblyzer "
                          "(a pyannote pipeline is passed in as PyannoteEngine(pipeline))")
     try:
         from whisper_zh.diarize.resemblyzer_engine import ResemblyzerEngine
     except ImportError as exc:
-        raise ImportError(f"speaker diarization needs Resemblyzer and scikit-learn ({exc}); install them with "
+        raise ImportError(f"speaker diarization needs Resemblyzer and librosa ({exc}); install them with "
                           "pip install 'whisper-zh[diarize]' (see docs/diarization.md)") from exc
     return ResemblyzerEngine(device)
