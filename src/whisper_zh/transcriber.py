@@ -4,7 +4,9 @@
 evaluation all call it. It is engine-agnostic: a :class:`~whisper_zh.engines.Decoder` decodes windows, and the
 transcriber decides what the windows are (:mod:`whisper_zh.chunking`), batches the windows of *all* inputs
 together, re-decodes broken output through the engine's temperature fallback, and hands each recording's
-pieces to :mod:`whisper_zh.segments`, which orders them and makes their times valid.
+pieces to :mod:`whisper_zh.segments`, which orders them and makes their times valid. Where the options ask for
+speakers, each finished recording then goes through speaker diarization (:mod:`whisper_zh.diarize`), a stage
+after decoding that leaves the text as it is.
 """
 
 from __future__ import annotations

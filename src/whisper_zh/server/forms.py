@@ -141,4 +141,5 @@ class TranscriptionRequest:
         try:
             self.diarize_options  # noqa: B018 - checks the values
         except ValueError as exc:
-            raise ApiError(400, str(exc).replace("-", "_"), param=given[0] if given else "diarize") from exc
+            message = str(exc).replace("min-speakers", "min_speakers").replace("max-speakers", "max_speakers")
+            raise ApiError(400, message, param=given[0] if given else "diarize") from exc

@@ -106,7 +106,7 @@ async def _answer(state: ServerState, upload: UploadFile, request: Transcription
         raise
     if request.stream:
         return stream_response(slot, audio, options, state.metrics, state.config.stream_piece_seconds,
-                               labeller=state.transcriber.label_speakers)
+                               labeller=state.transcriber.label_speakers if options.diarize else None)
     seconds = len(audio) / SAMPLE_RATE
     future = slot.submit(audio, options, seconds=seconds)  # the slot is released when the job is done
     del audio
