@@ -10,10 +10,11 @@ SYSTEM_STAMP := $(VENV)/.system-stamp
 
 setup: $(STAMP) $(SYSTEM_STAMP)
 
-$(STAMP): requirements/lock.txt pyproject.toml
+$(STAMP): requirements/lock.txt requirements/nodeps.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements/lock.txt
+	$(PY) -m pip install -q --no-deps -r requirements/nodeps.txt
 	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -c "from whisper_zh.models import embedded_model_dir; embedded_model_dir()"
 	touch $@

@@ -74,3 +74,44 @@ def training_clips() -> list:
 
     shared_rows()  # skips without the shared data
     return load_utterances(SHARED_DATA / "manifest.jsonl")[200:203]
+
+
+# -- speaker diarization: a conversation of two real voices ----------------------------------------------------
+
+CONVERSATION_TURNS = (  # (speaker, utterances): AISHELL-1 S0150 and the Taiwan narrator, taking turns
+    ("S0150", ("aishell1-sample-S0150/audio/BAC009S0150W0121.flac",)),
+    ("narrator", ("taiwan-narrator-131/audio/5_3039_20231015000.flac", "taiwan-narrator-131/audio/5_3039_20231015001.flac")),
+    ("S0150", ("aishell1-sample-S0150/audio/BAC009S0150W0122.flac",)),
+    ("narrator", ("taiwan-narrator-131/audio/5_3039_20231015004.flac", "taiwan-narrator-131/audio/5_3039_20231015005.flac")),
+)
+
+
+@pytest.fixture(scope="session")
+def conversation() -> dict:
+    """Two speakers in four turns (0.6 s between turns, 0.25 s between a turn's sentences), ~24 s: ``audio``
+    (16 kHz float32), ``turns`` [(start, end, speaker)] and the ``text`` spoken."""
+    shared_rows()  # skips without the shared data
+    import numpy as np
+    from bench.conversations import load_clip
+
+    data = SHARED_DATA.parent
+    texts = {}
+    for name in ("aishell1-sample-S0150", "taiwan-narrator-131"):
+        for line in (data / name / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            texts[f"{name}/{row['audio']}"] = row["text"]
+    parts, turns, at, text = [np.zeros(8000, np.float32)], [], 0.5, ""
+    for speaker, clips in CONVERSATION_TURNS:
+        start = at
+        for k, clip in enumerate(clips):
+            if k:
+                parts.append(np.zeros(4000, np.float32))
+                at += 0.25
+            audio = load_clip(data / clip)
+            parts.append(audio)
+            at += len(audio) / 16000
+            text += texts[clip]
+        turns.append((start, at, speaker))
+        parts.append(np.zeros(9600, np.float32))
+        at += 0.6
+    return {"audio": np.concatenate(parts), "turns": turns, "text": text}

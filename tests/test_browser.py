@@ -176,3 +176,55 @@ def test_record_from_microphone(browser, server_url, clip):
         assert _cer(clip["text"], text[: len(clip["text"]) + 2]) <= MAX_CER or score <= MAX_CER, text
     finally:
         context.close()
+
+
+def test_speakers_in_colours_and_playback_follows_the_transcript(browser, server_url, conversation, tmp_path):
+    """Two real voices taking turns, "Speakers" ticked: each segment is labelled, the two speakers have two
+    colours, the audio plays in the page, clicking a segment seeks there and marks it, and the mark follows
+    the playback."""
+    path = tmp_path / "conversation.wav"
+    sf.write(path, conversation["audio"], 16000)
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(server_url + "/")
+        page.wait_for_function("() => document.getElementById('model-name').textContent === 'base'")
+        page.set_input_files("#file", str(path))
+        assert page.is_visible("#player")
+        page.check("#diarize")
+        page.click("#transcribe")
+        _wait_for_transcript(page)
+        assert "2 speakers" in page.inner_text("#status")
+        items = page.locator("#transcript li")
+        speakers = page.locator("#transcript li .speaker").all_inner_texts()
+        assert len(speakers) == items.count() and speakers[0] == "Speaker 1"
+        assert set(speakers) == {"Speaker 1", "Speaker 2"}
+        colours = {page.locator("#transcript li .speaker").nth(i).evaluate("e => getComputedStyle(e).color")
+                   for i in range(len(speakers))}
+        assert len(colours) == 2, colours  # one colour per speaker
+        page.screenshot(path=str(_output_dir() / "speakers.png"), full_page=True)
+
+        page.wait_for_function("() => document.getElementById('player').readyState >= 1", timeout=10_000)
+        assert abs(page.evaluate("() => document.getElementById('player').duration")
+                   - len(conversation["audio"]) / 16000) < 0.1
+        target = items.nth(items.count() - 1)
+        start = float(target.get_attribute("data-start"))
+        target.locator(".text").click()  # seek: the player jumps to the segment and marks it
+        page.wait_for_function("() => document.querySelector('#transcript li.playing') !== null", timeout=10_000)
+        assert abs(page.evaluate("() => document.getElementById('player').currentTime") - start) < 0.3
+        assert target.get_attribute("aria-current") == "true"
+        assert page.locator("#transcript li.playing").count() == 1
+        # from the first segment, the audio plays and the mark follows what is heard
+        items.nth(0).locator(".text").click()
+        page.wait_for_function("() => document.getElementById('player').currentTime > 1.5", timeout=20_000)
+        heard = page.evaluate("""() => {
+            const now = document.getElementById('player').currentTime;
+            const li = document.querySelector('#transcript li.playing');
+            return [now, li ? Number(li.dataset.start) : null, li ? Number(li.dataset.end) : null];
+        }""")
+        now, first_start, first_end = heard
+        assert first_start is not None and first_start - 0.5 <= now <= first_end + 0.5, heard
+        page.evaluate("() => document.getElementById('player').pause()")
+        page.screenshot(path=str(_output_dir() / "speakers-playing.png"), full_page=True)
+    finally:
+        context.close()

@@ -13,6 +13,7 @@ import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from whisper_zh.diarize.options import DiarizeOptions
 from whisper_zh.normalize import Script
 
 # A Simplified-Chinese sentence with Chinese punctuation, given as the previous-text prompt: it nudges
@@ -67,6 +68,9 @@ class DecodeOptions:
     # decode's cost) cheaper in proportion. Live decoding uses 10 (bench/RESULTS.md, "Live": the same CER for a third less CPU;
     # at 1 s the CER doubled). The CTranslate2 engine's batched path only; the Transformers encoder needs 30 s.
     encoder_padding_seconds: float | None = None
+    # Label who spoke when (whisper_zh.diarize): a stage after decoding, which it leaves as it is; it asks for word
+    # timestamps (a segment is split at the word where the speaker changes).
+    diarize: DiarizeOptions | None = None
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:

@@ -14,6 +14,7 @@ class Word:
     end: float
     word: str
     probability: float
+    speaker: str | None = None  # set by speaker diarization (whisper_zh.diarize): SPEAKER_1, SPEAKER_2, ...
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Segment:
     tokens: list[int] = field(default_factory=list)
     words: list[Word] | None = None
     temperature: float = 0.0  # the sampling temperature the text was decoded at (above 0: a fallback)
+    speaker: str | None = None  # set by speaker diarization (whisper_zh.diarize): SPEAKER_1, SPEAKER_2, ...
 
 
 @dataclass
@@ -45,6 +47,11 @@ class Transcription:
     def text(self) -> str:
         """The full text: segments joined (no spaces between Chinese segments)."""
         return join_texts(segment.text for segment in self.segments)
+
+    @property
+    def speakers(self) -> list[str]:
+        """The speakers diarization found, in order of first appearance (empty if it did not run)."""
+        return list(dict.fromkeys(s.speaker for s in self.segments if s.speaker))
 
     def to_dict(self) -> dict[str, Any]:
         return {

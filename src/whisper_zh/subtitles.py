@@ -58,6 +58,7 @@ class Cue:
     start: float
     end: float
     lines: tuple[str, ...]
+    speaker: str | None = None  # the segment's speaker, where diarization ran
 
     @property
     def text(self) -> str:
@@ -75,19 +76,26 @@ def make_cues(transcription: Transcription, options: CueOptions | None = None) -
     """The transcription's segments cut into cues within ``options`` (see the module docstring)."""
     options = options or CueOptions()
     pieces: list[list[_Char]] = []
+    speakers: list[str | None] = []
     for segment in transcription.segments:
-        pieces += _cut(_timed_chars(segment), options)
-    pieces = _marks_to_text_before(pieces)
+        cut = _cut(_timed_chars(segment), options)
+        pieces += cut
+        speakers += [segment.speaker] * len(cut)
+    pieces, speakers = _marks_to_text_before(pieces, speakers)
     spans = _screen_times([(p[0].start, p[-1].end, len(p)) for p in pieces], transcription.duration, options)
-    return [Cue(start, end, _lines("".join(c.char for c in piece).strip(), options))
-            for piece, (start, end) in zip(pieces, spans, strict=True)]
+    return [Cue(start, end, _lines("".join(c.char for c in piece).strip(), options), speaker)
+            for piece, (start, end), speaker in zip(pieces, spans, speakers, strict=True)]
 
 
-def _marks_to_text_before(pieces: list[list[_Char]]) -> list[list[_Char]]:
+def _marks_to_text_before(
+    pieces: list[list[_Char]], speakers: list[str | None]
+) -> tuple[list[list[_Char]], list[str | None]]:
     """A piece that starts with closing marks (a segment decoded after a pause in continuous speech often starts
-    with "，") gives them to the piece before it; at the very start they have no text to follow and go."""
+    with "，") gives them to the piece before it; at the very start they have no text to follow and go. Each
+    piece keeps its speaker; a piece left empty goes with its speaker."""
     out: list[list[_Char]] = []
-    for piece in pieces:
+    kept: list[str | None] = []
+    for piece, speaker in zip(pieces, speakers, strict=True):
         piece = list(piece)
         while piece and (piece[0].char in NO_LINE_START or piece[0].char.isspace()):
             mark = piece.pop(0)
@@ -95,7 +103,8 @@ def _marks_to_text_before(pieces: list[list[_Char]]) -> list[list[_Char]]:
                 out[-1].append(replace(mark, start=out[-1][-1].end, end=out[-1][-1].end))
         if piece:
             out.append(piece)
-    return out
+            kept.append(speaker)
+    return out, kept
 
 
 def _timed_chars(segment: Segment) -> list[_Char]:

@@ -4,7 +4,9 @@
 evaluation all call it. It is engine-agnostic: a :class:`~whisper_zh.engines.Decoder` decodes windows, and the
 transcriber decides what the windows are (:mod:`whisper_zh.chunking`), batches the windows of *all* inputs
 together, re-decodes broken output through the engine's temperature fallback, and hands each recording's
-pieces to :mod:`whisper_zh.segments`, which orders them and makes their times valid.
+pieces to :mod:`whisper_zh.segments`, which orders them and makes their times valid. Where the options ask for
+speakers, each finished recording then goes through speaker diarization (:mod:`whisper_zh.diarize`), a stage
+after decoding that leaves the text as it is.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+import numpy as np
 
 from whisper_zh.audio import AudioInput, describe_source, load_audio
 from whisper_zh.chunking import (
@@ -30,6 +34,9 @@ from whisper_zh.chunking import (
 )
 from whisper_zh.convert import local_model
 from whisper_zh.decoding import DEFAULT_ZH_PROMPT, DecodeOptions, compression_ratio
+from whisper_zh.diarize import DiarizeOptions
+from whisper_zh.diarize.assign import label_speakers
+from whisper_zh.diarize.engine import DiarizationEngine, load_engine
 from whisper_zh.engines import Decoded, Decoder, Engine, RawSegment, load_decoder
 from whisper_zh.errors import AudioError, UsageError
 from whisper_zh.models import resolve_model
@@ -80,11 +87,13 @@ class Transcriber:
         cpu_threads: int = 0,
         workers: int = 1,
         decoder: Decoder | None = None,
+        diarizer: DiarizationEngine | None = None,
     ) -> None:
         """``engine``: "ctranslate2" (fast; a Transformers checkpoint is converted once and cached) or
         "transformers" (runs a Transformers checkpoint as it is; no packing or word timestamps). A ready
         ``decoder`` (e.g. an in-memory model being trained) is used as it is. ``workers``: calls that may decode
-        at once from several threads (ctranslate2), each on ``cpu_threads`` threads."""
+        at once from several threads (ctranslate2), each on ``cpu_threads`` threads. ``diarizer``: the speaker
+        diarization engine for ``DecodeOptions(diarize=...)`` (default: the built-in one, loaded on first use)."""
         self.model_name = str(model)
         if decoder is None:
             resolved = resolve_model(model)  # a name -> a local directory, in whichever layout it came
@@ -95,6 +104,8 @@ class Transcriber:
         else:
             layout, source = "in-memory" if decoder.model_path.startswith("<") else "local", "local"
         self.decoder = decoder
+        self._diarizer = diarizer
+        self._device = device
         load_detector()
         self.info = ModelInfo(self.model_name, decoder.model_path, layout, source, decoder.name,
                               decoder.storage_type, decoder.compute_type, getattr(decoder, "device", "unknown"))
@@ -110,6 +121,20 @@ class Transcriber:
     @property
     def languages(self) -> frozenset[str]:
         return self.decoder.languages
+
+    @property
+    def diarizer(self) -> DiarizationEngine:
+        """The speaker diarization engine (the built-in one is loaded on first use)."""
+        if self._diarizer is None:
+            self._diarizer = load_engine(device=self._device)
+        return self._diarizer
+
+    def label_speakers(self, transcription: Transcription, audio: np.ndarray, options: DiarizeOptions) -> Transcription:
+        """``transcription`` of ``audio`` (16 kHz) with speakers on its segments and words: a stage after decoding,
+        which leaves the text as it is (segments are split where the speaker changes)."""
+        if not transcription.segments:
+            return transcription
+        return label_speakers(transcription, self.diarizer.turns(audio, options))
 
     def transcribe(self, audio: AudioInput, options: DecodeOptions | None = None) -> Transcription:
         """Transcribe one input (path, bytes, file object or 16 kHz array); raises AudioError on bad input."""
@@ -148,6 +173,8 @@ class Transcriber:
         Inputs are read until ``group_seconds`` of audio are held, then decoded together."""
         options = options or DecodeOptions()
         self.check(options)
+        if options.diarize and self.decoder.aligns_words:  # segments are split at words where the speaker changes
+            options = options.with_(word_timestamps=True)
         group: list[AudioFile] = []
         held = 0.0
         for index, source in enumerate(inputs):
@@ -159,10 +186,18 @@ class Transcriber:
             group.append(AudioFile(index, describe_source(source), audio))
             held += group[-1].duration
             if held >= group_seconds:
-                yield from _Run(self.decoder, options, on_progress).transcribe(group)
+                yield from self._transcribe_group(group, options, on_progress)
                 group, held = [], 0.0
         if group:
-            yield from _Run(self.decoder, options, on_progress).transcribe(group)
+            yield from self._transcribe_group(group, options, on_progress)
+
+    def _transcribe_group(self, group: list[AudioFile], options: DecodeOptions,
+                          on_progress: ProgressCallback | None) -> Iterator[tuple[int, Transcription]]:
+        audio = {file.index: file.audio for file in group}
+        for index, result in _Run(self.decoder, options, on_progress).transcribe(group):
+            if options.diarize is not None:
+                result = self.label_speakers(result, audio[index], options.diarize)
+            yield index, result
 
 
     def check(self, options: DecodeOptions) -> None:

@@ -19,6 +19,9 @@ from whisper_zh.audio import SAMPLE_RATE
 # syllables stay inside.
 VAD_OPTIONS = VadOptions(min_silence_duration_ms=160, speech_pad_ms=400, max_speech_duration_s=30.0)
 SPEECH_PAD = VAD_OPTIONS.speech_pad_ms / 1000  # seconds of padding on each side of a region
+# Speaker diarization wants speech, not the pauses around it: a window that reaches into the next turn's first
+# syllables would mix two voices. Pauses between turns are often 0.2 s or less, so regions are barely padded.
+DIARIZE_VAD_OPTIONS = VadOptions(min_silence_duration_ms=100, speech_pad_ms=30, max_speech_duration_s=30.0)
 
 
 @dataclass(frozen=True)
@@ -38,9 +41,9 @@ def load_detector() -> None:
     get_vad_model()
 
 
-def speech_regions(audio: np.ndarray) -> list[Span]:
+def speech_regions(audio: np.ndarray, options: VadOptions = VAD_OPTIONS) -> list[Span]:
     """The stretches of ``audio`` (16 kHz mono) that hold speech, in time order, none longer than 30 s."""
-    found = get_speech_timestamps(audio, VAD_OPTIONS, sampling_rate=SAMPLE_RATE)
+    found = get_speech_timestamps(audio, options, sampling_rate=SAMPLE_RATE)
     return [Span(part["start"] / SAMPLE_RATE, part["end"] / SAMPLE_RATE) for part in found]
 
 

@@ -8,6 +8,7 @@ decode gets one line on stderr, the others are still transcribed, and the exit s
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from whisper_zh.audio import audio_duration
 from whisper_zh.commands.common import add_model_arguments, decode_options, ensure_writable, load_transcriber
 from whisper_zh.commands.ray_jobs import RAY_FORMATS, add_ray_arguments, transcribe_with_ray
+from whisper_zh.diarize import DiarizeOptions
 from whisper_zh.errors import AudioError, UsageError
 from whisper_zh.files import atomic_write_text
 from whisper_zh.inputs import expand_inputs
@@ -50,6 +52,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--numbers", action="store_true",
         help="write dates, amounts, percentages and phone numbers in Arabic digits (二〇二三年 -> 2023年)",
     )
+
+
+    speakers = p.add_argument_group("speakers (diarization: who spoke when)")
+    speakers.add_argument("--diarize", action="store_true",
+                          help="label each segment with its speaker (SPEAKER_1, ...) and split segments where the "
+                          "speaker changes; the number of speakers is found unless given")
+    speakers.add_argument("--speakers", type=int, default=None, metavar="N", help="exactly N speakers (with --diarize)")
+    speakers.add_argument("--min-speakers", type=int, default=None, metavar="N", help="at least N speakers")
+    speakers.add_argument("--max-speakers", type=int, default=None, metavar="N", help="at most N speakers")
     cues = p.add_argument_group("subtitle cues (srt, vtt)")
     cues.add_argument("--max-line-chars", type=int, default=CUE_DEFAULTS.max_line_chars,
                       help=f"characters per line (default: {CUE_DEFAULTS.max_line_chars})")
@@ -70,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = expand_inputs(args.inputs)
     # Subtitle cues are cut at word times: srt and vtt ask for them.
     options = decode_options(args, word_timestamps=args.word_timestamps or args.format in CUE_FORMATS,
-                             numbers=args.numbers)
+                             numbers=args.numbers, diarize=diarize_options(args))
     cues = _cue_options(args)
     for rejected in inputs.rejected:
         print(f"error: {rejected}", file=sys.stderr)
@@ -81,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
             return 1
         raise UsageError("no audio files found in the given inputs")
     sources = inputs.paths
+    if args.ray is not None and options.diarize is not None:
+        raise UsageError("--diarize does not run with --ray yet: transcribe on this machine")
     if args.ray is not None:  # many machines: the job runs on Ray (whisper_zh.commands.ray_jobs)
         return transcribe_with_ray(args, sources, [f.output for f in inputs.files], options)
     if args.format in RAY_FORMATS:
@@ -153,6 +166,20 @@ def _in_batches(transcriber: Any, sources: list[str], options: Any, progress: Ca
             sources[first:first + FILES_PER_CALL], options, on_progress=progress, allow_truncated=allow_truncated,
         ):
             yield first + index, result
+
+
+def diarize_options(args: argparse.Namespace) -> DiarizeOptions | None:
+    """What --diarize and the speaker-count flags ask for (None: no diarization); bad values are UsageErrors."""
+    counts = {"speakers": args.speakers, "min_speakers": args.min_speakers, "max_speakers": args.max_speakers}
+    given = [name for name, value in counts.items() if value is not None]
+    if not args.diarize:
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} needs --diarize")
+        return None
+    try:
+        return DiarizeOptions(**counts)
+    except ValueError as exc:
+        raise UsageError(re.sub(r"(?<![\w-])(min-speakers|max-speakers|speakers)\b", r"--\1", str(exc))) from exc
 
 
 def _cue_options(args: argparse.Namespace) -> CueOptions:

@@ -1,5 +1,5 @@
-"""A finished transcription in the response format a request asked for (OpenAI's json, text, srt, vtt and
-verbose_json shapes)."""
+"""A finished transcription in the response format a request asked for (OpenAI's json, text, srt, vtt,
+verbose_json and diarized_json shapes; speakers, where diarization ran, in each)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ def format_response(t: Transcription, fmt: str, task: str, *, words: bool) -> Re
         return PlainTextResponse(format_transcription(t, "txt" if fmt == "text" else "srt"))
     if fmt == "vtt":
         return PlainTextResponse(format_transcription(t, "vtt"), media_type="text/vtt")
+    if fmt == "diarized_json":
+        return JSONResponse(diarized_json(t, task))
     body: dict[str, Any] = {
         "task": task,
         "language": _LANGUAGE_NAMES.get(t.language or "", t.language or ""),
@@ -31,14 +33,35 @@ def format_response(t: Transcription, fmt: str, task: str, *, words: bool) -> Re
     }
     if words:
         body["words"] = [
-            {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)}
+            {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)} | ({"speaker": w.speaker} if w.speaker else {})
             for s in t.segments
             for w in (s.words or [])
         ]
     return JSONResponse(body)
 
 
+def diarized_json(t: Transcription, task: str) -> dict[str, Any]:
+    """OpenAI's diarized_json shape: segments of type transcript.text.segment, each with its speaker (whisper-zh
+    names speakers SPEAKER_1, SPEAKER_2, ... in order of first appearance, as in its other formats)."""
+    return {
+        "task": task,
+        "duration": round(t.duration, 3),
+        "text": t.text,
+        "segments": [{"type": "transcript.text.segment", "id": f"seg_{s.id}", "start": s.start, "end": s.end,
+                      "text": s.text, "speaker": s.speaker} for s in t.segments],
+        "speakers": t.speakers,
+        "usage": _usage(t),
+    }
+
+
 def segment_json(s: Segment) -> dict[str, Any]:
+    out = _segment_fields(s)
+    if s.speaker:
+        out["speaker"] = s.speaker
+    return out
+
+
+def _segment_fields(s: Segment) -> dict[str, Any]:
     return {
         "id": s.id,
         "seek": 0,

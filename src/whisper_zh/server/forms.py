@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from whisper_zh.decoding import SCRIPTS, DecodeOptions, Task
+from whisper_zh.diarize import DiarizeOptions
 from whisper_zh.server import values
 from whisper_zh.server.errors import ApiError
 
 OPENAI_DEFAULT_MODEL = "whisper-1"  # what OpenAI's clients send; an alias of the served model
-RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
 GRANULARITIES = ("segment", "word")
 
 
@@ -58,6 +59,10 @@ class TranscriptionRequest:
     script: str | None = None
     allow_truncated: bool = False
     numbers: bool = False
+    diarize: bool = False  # whisper-zh: label speakers (response_format=diarized_json asks for it too)
+    speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
 
     @classmethod
     def parse(cls, served: ServedModel, *, model: str, **fields: Any) -> TranscriptionRequest:
@@ -74,6 +79,8 @@ class TranscriptionRequest:
         except values.BadValue as exc:
             code = "unsupported_language" if exc.param == "language" else None
             raise ApiError(400, str(exc), param=exc.param, code=code) from None
+        if fields.get("response_format") == "diarized_json":
+            fields["diarize"] = True
         request = cls(**fields)
         request._check_format()
         request._check_values(served)
@@ -82,6 +89,12 @@ class TranscriptionRequest:
     @property
     def words(self) -> bool:
         return "word" in self.granularities
+
+    @property
+    def diarize_options(self) -> DiarizeOptions | None:
+        if not self.diarize:
+            return None
+        return DiarizeOptions(speakers=self.speakers, min_speakers=self.min_speakers, max_speakers=self.max_speakers)
 
     def options(self, base: DecodeOptions, *, aligns_words: bool = False) -> DecodeOptions:
         """The server's decoding defaults changed by this request. Subtitles (srt, vtt, and the renderings a
@@ -100,6 +113,8 @@ class TranscriptionRequest:
             changes["script"] = self.script
         if self.numbers:
             changes["numbers"] = True
+        if self.diarize:
+            changes["diarize"] = self.diarize_options
         return base.with_(**changes)
 
     def _check_format(self) -> None:
@@ -115,6 +130,7 @@ class TranscriptionRequest:
                            param="timestamp_granularities[]")
 
     def _check_values(self, served: ServedModel) -> None:
+        self._check_speakers()
         if self.task == "translate" and not served.multilingual:
             raise ApiError(400, f"model '{served.name}' is English-only and cannot translate", param="model")
         if self.script is not None and self.script not in SCRIPTS:
@@ -126,3 +142,16 @@ class TranscriptionRequest:
                 400, f"language '{self.language}' is not one this model knows: use an ISO 639-1 code such as "
                 "zh, en or yue, or 'auto' to detect it", param="language", code="unsupported_language",
             )
+
+    def _check_speakers(self) -> None:
+        counts = {"speakers": self.speakers, "min_speakers": self.min_speakers, "max_speakers": self.max_speakers}
+        given = [name for name, value in counts.items() if value is not None]
+        if given and not self.diarize:
+            raise ApiError(400, f"{given[0]} needs diarize=true or response_format=diarized_json", param=given[0])
+        if self.diarize and self.task != "transcribe":
+            raise ApiError(400, "diarize is for transcriptions, not translations", param="diarize")
+        try:
+            self.diarize_options  # noqa: B018 - checks the values
+        except ValueError as exc:
+            message = str(exc).replace("min-speakers", "min_speakers").replace("max-speakers", "max_speakers")
+            raise ApiError(400, message, param=given[0] if given else "diarize") from exc

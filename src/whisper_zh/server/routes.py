@@ -63,11 +63,16 @@ async def transcriptions(
     script: Annotated[str | None, Form(description="whisper-zh: simplified, traditional or as-is")] = None,
     allow_truncated: Annotated[bool, Form(description="whisper-zh: transcribe what decodes of a cut file")] = False,
     numbers: Annotated[bool, Form(description="whisper-zh: dates, amounts, percentages in Arabic digits")] = False,
+    diarize: Annotated[bool, Form(description="whisper-zh: label speakers (SPEAKER_1, ...) in any format")] = False,
+    speakers: Annotated[int | None, Form(description="whisper-zh: exactly this many speakers")] = None,
+    min_speakers: Annotated[int | None, Form(description="whisper-zh: at least this many speakers")] = None,
+    max_speakers: Annotated[int | None, Form(description="whisper-zh: at most this many speakers")] = None,
 ) -> Response:
     request = TranscriptionRequest.parse(
         state.model, model=model, task="transcribe", language=language, prompt=prompt,
         response_format=response_format, temperature=temperature, granularities=timestamp_granularities,
-        stream=stream, script=script, allow_truncated=allow_truncated, numbers=numbers,
+        stream=stream, script=script, allow_truncated=allow_truncated, numbers=numbers, diarize=diarize,
+        speakers=speakers, min_speakers=min_speakers, max_speakers=max_speakers,
     )
     return await _answer(state, file, request)
 
@@ -101,7 +106,8 @@ async def _answer(state: ServerState, upload: UploadFile, request: Transcription
         slot.release()
         raise
     if request.stream:
-        return stream_response(slot, audio, options, state.metrics, state.config.stream_piece_seconds)
+        return stream_response(slot, audio, options, state.metrics, state.config.stream_piece_seconds,
+                               labeller=state.transcriber.label_speakers if options.diarize else None)
     seconds = len(audio) / SAMPLE_RATE
     future = slot.submit(audio, options, seconds=seconds)  # the slot is released when the job is done
     del audio

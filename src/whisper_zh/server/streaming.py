@@ -4,7 +4,9 @@ Audio longer than ``piece_seconds`` is cut at pauses (the project's one VAD sett
 pieces decoded one after another, so the first segments arrive while the rest is still being decoded; other
 clients' requests interleave with the pieces. Event types follow OpenAI's streaming transcription
 (``transcript.text.delta`` / ``.done``); ``transcript.queued``, ``.progress`` and ``.segment`` are whisper-zh's
-additions.
+additions. With diarization the pieces are decoded without it, and once the last one is done the whole recording
+is diarized (speakers must be told apart across pieces): ``transcript.speakers`` then carries every segment again,
+with its speaker, before ``.done``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any
@@ -23,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from whisper_zh.audio import SAMPLE_RATE
 from whisper_zh.decoding import DecodeOptions
+from whisper_zh.diarize import DiarizeOptions
 from whisper_zh.errors import AudioError
 from whisper_zh.results import Segment, Transcription
 from whisper_zh.server.errors import audio_error
@@ -35,10 +38,16 @@ from whisper_zh.writers import format_transcription
 logger = logging.getLogger(__name__)
 
 
+Labeller = Callable[[Transcription, np.ndarray, DiarizeOptions], Transcription]
+
+
 def stream_response(slot: Slot, audio: np.ndarray, options: DecodeOptions, metrics: ServerMetrics,
-                    piece_seconds: float) -> StreamingResponse:
-    """The SSE answer; it owns ``slot`` from here on and releases it however the stream ends."""
-    return _SlotStreamingResponse(slot, _PieceStream(slot, audio, options, metrics, piece_seconds).events())
+                    piece_seconds: float, *, labeller: Labeller | None = None) -> StreamingResponse:
+    """The SSE answer; it owns ``slot`` from here on and releases it however the stream ends. ``labeller``
+    (Transcriber.label_speakers) diarizes the whole recording at the end where ``options`` ask for it."""
+    stream = _PieceStream(slot, audio, options, metrics, piece_seconds)
+    stream.labeller = labeller
+    return _SlotStreamingResponse(slot, stream.events())
 
 
 class _SlotStreamingResponse(StreamingResponse):
@@ -58,7 +67,10 @@ class _SlotStreamingResponse(StreamingResponse):
 class _PieceStream:
     def __init__(self, slot: Slot, audio: np.ndarray, options: DecodeOptions, metrics: ServerMetrics,
                  piece_seconds: float) -> None:
-        self.slot, self.audio, self.options, self.metrics = slot, audio, options, metrics
+        self.slot, self.audio, self.metrics = slot, audio, metrics
+        self.diarize = options.diarize
+        self.options = options.with_(diarize=None)  # pieces alone cannot tell speakers apart across pieces
+        self.labeller: Labeller | None = None
         self.piece_seconds = piece_seconds
         self.seconds = len(audio) / SAMPLE_RATE
         self.updates: asyncio.Queue[float] = asyncio.Queue()
@@ -86,7 +98,12 @@ class _PieceStream:
                 for segment in result.segments:
                     for event in self._segment_events(segment, start / SAMPLE_RATE):
                         yield event
-            yield self._done_event(language)
+            result = Transcription("upload", self.segments, language, self.seconds)
+            if self.diarize is not None and self.labeller is not None:
+                result = await run_in_threadpool(self.labeller, result, self.audio, self.diarize)
+                yield _event({"type": "transcript.speakers", "speakers": result.speakers,
+                              "segments": [segment_json(s) for s in result.segments]})
+            yield self._done_event(result)
         finally:
             self._release()
 
@@ -121,8 +138,7 @@ class _PieceStream:
         return [_event({"type": "transcript.text.delta", "delta": segment.text}),
                 _event({"type": "transcript.segment", "segment": segment_json(segment)})]
 
-    def _done_event(self, language: str) -> str:
-        result = Transcription("upload", self.segments, language, self.seconds)
+    def _done_event(self, result: Transcription) -> str:
         self.metrics.audio_seconds.inc(self.seconds)
         return _event({
             "type": "transcript.text.done",

@@ -1,5 +1,7 @@
 // whisper-zh web page: upload or record audio, stream the transcript from /v1/audio/transcriptions (SSE), or
 // transcribe the microphone live over /v1/realtime (WebSocket); copy the transcript or download it as txt/srt/vtt.
+// The audio plays beside its transcript: the segment being heard is highlighted, and clicking a segment seeks to
+// it. With "Speakers" ticked the server labels who spoke when, and each speaker gets a colour.
 // Plain browser JavaScript: no build step, no CDN.
 "use strict";
 
@@ -20,6 +22,11 @@ function clock(seconds) {
 
 function chooseFile(file) {
   state.file = file;
+  const player = $("player");
+  if (player.src) URL.revokeObjectURL(player.src);
+  if (file) player.src = URL.createObjectURL(file);
+  else player.removeAttribute("src");
+  player.hidden = !file;
   $("file-name").textContent = file ? `${file.name} (${(file.size / 1024).toFixed(0)} KB)` : "no file chosen";
   $("transcribe").disabled = !file || state.busy;
 }
@@ -31,16 +38,49 @@ function resetOutput() {
   for (const id of ["copy", "download-txt", "download-srt", "download-vtt"]) $(id).disabled = true;
 }
 
-function addSegment(seg) {
+function addSegment(seg, speakers) {
   const li = document.createElement("li");
+  li.dataset.start = seg.start;
+  li.dataset.end = seg.end;
+  li.title = "Play from here 从这里播放";
   const time = document.createElement("span");
   time.className = "time";
   time.textContent = `${clock(seg.start)} → ${clock(seg.end)}`;
+  li.append(time);
+  if (seg.speaker && speakers) {
+    const index = speakers.indexOf(seg.speaker);
+    li.dataset.speaker = seg.speaker;
+    li.classList.add(`speaker-${index % 8}`);
+    const who = document.createElement("span");
+    who.className = "speaker";
+    who.textContent = seg.speaker.replace("SPEAKER_", "Speaker ");
+    li.append(who);
+  }
   const text = document.createElement("span");
   text.className = "text";
   text.textContent = seg.text;
-  li.append(time, text);
+  li.append(text);
   $("transcript").append(li);
+}
+
+// Clicking a segment plays the audio from its start; while the audio plays, the segment being heard is marked.
+function seekTo(event) {
+  const li = event.target.closest("#transcript li[data-start]");
+  const player = $("player");
+  if (!li || !player.src) return;
+  player.currentTime = Number(li.dataset.start);
+  player.play().catch(() => { /* autoplay refused: the position is still set */ });
+  highlight();
+}
+
+function highlight() {
+  const now = $("player").currentTime;
+  for (const li of $("transcript").children) {
+    const on = li.dataset.start !== undefined && now >= Number(li.dataset.start) && now < Number(li.dataset.end);
+    li.classList.toggle("playing", on);
+    if (on) li.setAttribute("aria-current", "true");
+    else li.removeAttribute("aria-current");
+  }
 }
 
 function authHeaders() {
@@ -63,6 +103,7 @@ async function transcribe() {
   form.append("response_format", "json");
   form.append("stream", "true");
   form.append("script", $("script").value);
+  if ($("diarize").checked) form.append("diarize", "true");
   try {
     const response = await fetch("/v1/audio/transcriptions", { method: "POST", body: form, headers: authHeaders() });
     if (!response.ok) {
@@ -115,13 +156,17 @@ function handleEvent(ev) {
       addSegment(ev.segment);
       setState("decoding", "Transcribing… 识别中");
       break;
+    case "transcript.speakers":  // the whole recording diarized: the segments again, each with its speaker
+      $("transcript").replaceChildren();
+      for (const seg of ev.segments) addSegment(seg, ev.speakers);
+      break;
     case "transcript.text.done":
       state.formats = ev.formats;
       state.text = ev.text;
       progress.value = 1;
       progress.hidden = true;
       if (!$("transcript").children.length) setState("done", "Done: no speech found. 未检测到语音");
-      else setState("done", `Done: ${ev.duration.toFixed(1)} s transcribed. 完成`);
+      else setState("done", `Done: ${ev.duration.toFixed(1)} s transcribed. 完成` + speakerCount());
       for (const id of ["copy", "download-txt", "download-srt", "download-vtt"]) $(id).disabled = false;
       break;
     case "error":
@@ -129,6 +174,11 @@ function handleEvent(ev) {
     default:
       break;  // transcript.text.delta: the segment event carries the same text with its times
   }
+}
+
+function speakerCount() {
+  const found = new Set([...$("transcript").children].map((li) => li.dataset.speaker).filter(Boolean));
+  return found.size ? ` · ${found.size} speaker${found.size > 1 ? "s" : ""} ${found.size} 位说话人` : "";
 }
 
 async function copyText() {
@@ -367,6 +417,9 @@ async function init() {
   $("record").addEventListener("click", toggleRecording);
   $("live").addEventListener("click", () => (live.ws ? stopLive() : startLive()));
   $("copy").addEventListener("click", copyText);
+  $("transcript").addEventListener("click", seekTo);
+  $("player").addEventListener("timeupdate", highlight);
+  $("player").addEventListener("seeked", highlight);
   for (const f of ["txt", "srt", "vtt"]) $(`download-${f}`).addEventListener("click", () => download(f));
   try {
     const health = await (await fetch("/health")).json();
