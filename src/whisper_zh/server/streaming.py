@@ -21,7 +21,7 @@ import numpy as np
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.audio import SAMPLE_RATE, Spooled
 from whisper_zh.decoding import DecodeOptions
 from whisper_zh.errors import AudioError
 from whisper_zh.results import Segment, Transcription
@@ -35,7 +35,7 @@ from whisper_zh.writers import format_transcription
 logger = logging.getLogger(__name__)
 
 
-def stream_response(slot: Slot, audio: np.ndarray, options: DecodeOptions, metrics: ServerMetrics,
+def stream_response(slot: Slot, audio: np.ndarray | Spooled, options: DecodeOptions, metrics: ServerMetrics,
                     piece_seconds: float) -> StreamingResponse:
     """The SSE answer; it owns ``slot`` from here on and releases it however the stream ends."""
     return _SlotStreamingResponse(slot, _PieceStream(slot, audio, options, metrics, piece_seconds).events())
@@ -56,7 +56,7 @@ class _SlotStreamingResponse(StreamingResponse):
 
 
 class _PieceStream:
-    def __init__(self, slot: Slot, audio: np.ndarray, options: DecodeOptions, metrics: ServerMetrics,
+    def __init__(self, slot: Slot, audio: np.ndarray | Spooled, options: DecodeOptions, metrics: ServerMetrics,
                  piece_seconds: float) -> None:
         self.slot, self.audio, self.options, self.metrics = slot, audio, options, metrics
         self.piece_seconds = piece_seconds
@@ -141,7 +141,7 @@ class _PieceStream:
             self.slot.release()
 
 
-def piece_bounds(audio: np.ndarray, piece_seconds: float) -> list[tuple[int, int]]:
+def piece_bounds(audio: np.ndarray | Spooled, piece_seconds: float) -> list[tuple[int, int]]:
     """Sample ranges covering ``audio`` end to end, each about ``piece_seconds`` of it at most, cut in the
     middle of pauses between the spans :func:`whisper_zh.vad.cut_at_pauses` groups speech into."""
     if len(audio) <= piece_seconds * SAMPLE_RATE:
