@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from whisper_zh.audio import AudioInput, describe_source, load_audio
+from whisper_zh.audio import AudioInput, describe_source, open_audio
 from whisper_zh.chunking import (
     MIN_WINDOW,
     PACK_MAX_CLIP,
@@ -34,7 +34,15 @@ from whisper_zh.errors import AudioError, UsageError
 from whisper_zh.models import resolve_model
 from whisper_zh.normalize import CJK_RANGES
 from whisper_zh.results import Transcription
-from whisper_zh.segments import Piece, build_segments
+from whisper_zh.segments import (
+    Piece,
+    build_segments,
+    pieces_within,
+    redo_spans,
+    segment_spans,
+    uncovered_speech,
+    without_words_within,
+)
 from whisper_zh.vad import Span, load_detector, speech_regions
 
 logger = logging.getLogger(__name__)
@@ -142,14 +150,15 @@ class Transcriber:
     ) -> Iterator[tuple[int, Transcription | AudioError]]:
         """Yield (input index, result) as groups of inputs finish; errors are yielded as soon as they are found.
 
-        Inputs are read until ``group_seconds`` of audio are held, then decoded together."""
+        Inputs are read until ``group_seconds`` of audio are held, then decoded together. A recording longer
+        than audio.SPOOL_SECONDS is decoded from a temporary file, a window at a time (audio.open_audio)."""
         options = options or DecodeOptions()
         self.check(options)
         group: list[AudioFile] = []
         held = 0.0
         for index, source in enumerate(inputs):
             try:
-                audio = load_audio(source, allow_truncated=allow_truncated)
+                audio = open_audio(source, allow_truncated=allow_truncated)
             except AudioError as exc:
                 yield index, exc
                 continue
@@ -199,6 +208,7 @@ class _Run:
         if redo:  # clips the packed passes could not place with confidence: decode them on their own
             logger.debug("%d packed clips decoded again on their own", len(redo))
             self._decode_into(pieces, [self._stream(f, Span(0.0, f.duration), credit=False) for f in redo])
+        self._cover(files, pieces)
         for file in files:
             self._credit(file, file.duration - file.credited)  # silences left out, clips decoded again
             yield file.index, self._assemble(file, pieces[file])
@@ -216,6 +226,35 @@ class _Run:
                 else:
                     pieces[file].append(Piece(segment, 0.0))
         return redo
+
+    def _cover(self, files: list[AudioFile], pieces: dict[AudioFile, list[Piece]]) -> None:
+        """The safety net: speech that VAD hears and no segment covers (the decoder skipped it: another voice in
+        the middle of a window, a window's text dropped as made up) is decoded again on its own, one stream over
+        each such stretch, and what that hears there joins the recording's pieces (build_segments puts them in
+        time order). Speech still without a segment is reported (Transcription.uncovered and a warning), never
+        dropped silently. Packed clips are checked too, after their own checks (chunking.unpack)."""
+        gaps = {f: uncovered_speech(f.regions, segment_spans(pieces[f], f.regions), f.duration)
+                for f in files if f.regions}
+        tasks = [self._stream(f, span, credit=False) for f, spans in gaps.items()
+                 for span in redo_spans(spans, f.duration)]
+        if not tasks:
+            return
+        logger.info("%d stretches of speech without text decoded again on their own", len(tasks))
+        again: dict[AudioFile, list[Piece]] = {f: [] for f in gaps}
+        self._decode_into(again, tasks)
+        for file, spans in gaps.items():
+            if not spans:
+                continue
+            found = pieces_within(again[file], spans, pieces[file])
+            # the spans where the second pass heard words: what the first wrote there (a loop's tail) gives way
+            heard = [s for s in spans if any(s.start <= (w.start + w.end) / 2 <= s.end
+                                             for p in found for w in p.segment.words or ())]
+            pieces[file] = without_words_within(pieces[file], heard) + found
+            file.uncovered = uncovered_speech(file.regions or [], segment_spans(pieces[file], file.regions),
+                                              file.duration)
+            for span in file.uncovered:
+                logger.warning("%s: %.1f-%.1f s: voice activity detection hears speech there, but no text was "
+                               "decoded", file.source, span.start, span.end)
 
     def _stream(self, file: AudioFile, span: Span, *, credit: bool = True) -> _Stream:
         # Segments of a cut recording are rebuilt from word times; packs are split back by them.
@@ -295,7 +334,8 @@ class _Run:
         language = file.language or self.options.language or "zh"
         segments = build_segments(pieces, duration=file.duration, options=self.options, language=language,
                                   regions=file.regions, source=file.source)
-        return Transcription(file.source, segments, language, file.duration)
+        uncovered = [(span.start, span.end) for span in file.uncovered]
+        return Transcription(file.source, segments, language, file.duration, uncovered)
 
 
 # A window with less final text than this (seconds) is taken whole: nothing in it was final, and a stream must
