@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SYSTEM_STAMP := $(VENV)/.system-stamp
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint docs bench clean
 
 setup: $(STAMP) $(SYSTEM_STAMP)
 
@@ -41,8 +41,12 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
 
+# The manual (docs/, mkdocs.yml) into site/; --strict fails on a broken link, a bad anchor or a page left out of the nav.
+docs: setup
+	$(VENV)/bin/mkdocs build --strict --quiet
+
 bench: setup
 	$(PY) bench/transcribe_speed.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out site .pytest_cache

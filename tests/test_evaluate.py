@@ -290,3 +290,18 @@ def test_rescore_takes_either_file_and_keeps_the_original_report(tmp_path, capsy
     rescored = json.loads((tmp_path / "run" / "rescored" / "report.json").read_text(encoding="utf-8"))
     assert rescored["rescored_from"] == str(paths["predictions"])
     assert rescored["normalisation"]["plain"] != first.report["normalisation"]["plain"]
+
+
+def test_a_manifest_without_durations_evaluates_with_the_progress_bar(tmp_path, capsys):
+    """No `duration` in the rows: the bar has no total, and the run must still go through (it raised TypeError)."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    rows = [json.loads(line) for line in (examples / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(
+        json.dumps({"id": r["id"], "audio": str(examples / r["audio"]), "text": r["text"]}, ensure_ascii=False) + "\n"
+        for r in rows), encoding="utf-8")
+    code = main(["evaluate", "--model", "base", "--data", str(manifest), "--output-dir", str(tmp_path / "out"),
+                 "--beam-size", "1", "--resamples", "0"])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert report["data"]["scored"] == 2 and report["metrics"]["plain"]["cer"]["rate"] < 0.2

@@ -203,7 +203,7 @@ def evaluate(
     started = time.perf_counter()
     results: dict[int, Any] = {}
     for index, result in transcriber.transcribe_iter(
-        [u.audio for u in utterances], options, on_progress=(lambda s: _advance(bar, s)) if bar else None
+        [u.audio for u in utterances], options, on_progress=(lambda s: _advance(bar, s)) if bar is not None else None
     ):
         results[index] = result
         if bar is not None and isinstance(result, AudioError):
