@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
+
 from whisper_zh.cli import build_parser
 from whisper_zh.commands.serve import _live_limits
 
@@ -26,3 +28,12 @@ def test_serve_load_starts_a_server_that_the_serve_command_accepts():
     args = build_parser().parse_args(argv)
     assert argv[0] == "serve" and args.max_queue == 4
     _live_limits(args)  # raises UsageError when the server would refuse to start
+
+
+def test_coverage_bench_joins_120_shared_clips_in_an_order_set_by_its_seed():
+    coverage = _bench("coverage")
+    audio, refs = coverage.build(0)
+    again, same = coverage.build(0)
+    other, shuffled = coverage.build(1)
+    assert len(refs) == 120 and 7.0 * 60 < len(audio) / 16000 < 8.5 * 60
+    assert same == refs and np.array_equal(again, audio) and shuffled != refs

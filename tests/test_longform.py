@@ -237,4 +237,22 @@ def test_any_layout_keeps_text_in_order_with_valid_times(speech_clips, seed, los
         assert all(ord(a) < ord(b) for a, b in zip(text, text[1:], strict=False)), "text reordered or repeated"
         if not lossy:
             assert text == "".join(c for c, _, _ in source.chars), "text lost"
+        elif options.vad:  # the safety net: speech whose window came back silent is decoded again, or reported
+            for start, end in _lost_stretches(source.chars, text):
+                assert any(u0 - 0.5 <= start and end <= u1 + 0.5 for u0, u1 in result.uncovered), (
+                    f"{start:.2f}-{end:.2f} s lost without a report ({result.uncovered})")
         assert_valid_times(result)
+
+
+def _lost_stretches(chars: list[tuple[str, float, float]], text: str) -> list[tuple[float, float]]:
+    """Where runs of characters missing from ``text`` were said, those over 1.5 s (the safety net looks for
+    speech of at least segments.UNCOVERED_SECONDS without a segment)."""
+    runs: list[list[tuple[float, float]]] = []
+    for k, (char, start, end) in enumerate(chars):
+        if char in text:
+            continue
+        if runs and chars[k - 1][0] not in text:
+            runs[-1].append((start, end))
+        else:
+            runs.append([(start, end)])
+    return [(run[0][0], run[-1][1]) for run in runs if run[-1][1] - run[0][0] >= 1.5]

@@ -6,7 +6,10 @@ libsndfile reads it through mpg123, which prints notes such as "Illegal Audio-MP
 uses soxr. Nothing here uses torchcodec (datasets 5.x cannot decode audio on the CPU torch build; see
 shared/docs/stack-notes.md).
 
-Decoding is done block by block into one growing buffer, so ``max_seconds`` bounds the memory a file can take
+Decoding and resampling run block by block. :func:`load_audio` gathers the blocks into one array;
+:func:`open_audio`, which the transcriber uses, gathers them in memory up to ``spool_seconds`` and writes a longer
+recording to an unnamed temporary file (:class:`Spooled`), which is read back a window at a time: memory does not
+grow with a file's length (230 MB of temporary disk per hour instead). ``max_seconds`` bounds what a file can take
 whatever its header says: a header that declares more is refused before anything is decoded, and decoding
 stops as soon as the limit is passed. A file whose audio ends before its header says it should is truncated:
 :class:`~whisper_zh.errors.TruncatedAudioError` unless ``allow_truncated``.
@@ -17,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import struct
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +45,59 @@ SILENCE_PEAK = 1e-4
 # 0.5 s + 10 % still counts as whole. WAV and FLAC declare their length exactly and get no slack.
 COMPRESSED_LENGTH_SLACK = (0.5, 0.10)
 
-AudioInput = str | os.PathLike | bytes | BinaryIO | np.ndarray
+# A decoded recording longer than this is spooled to a temporary file by open_audio (seconds; 38 MB in memory).
+SPOOL_SECONDS = 600.0
+
+
+class Spooled:
+    """16 kHz mono float32 samples kept in an unnamed temporary file (removed when closed or collected): a long
+    recording that is read back a stretch at a time. Sliced like a 1-D array (``spooled[a:b]`` reads those
+    samples into a new array); ``blocks`` yields it in order."""
+
+    dtype = np.dtype(np.float32)
+    ndim = 1
+
+    def __init__(self) -> None:
+        # kept open for the recording's life (closed by close() or when collected), so no context manager
+        self._file = tempfile.TemporaryFile(prefix="whisper-zh-audio-")  # noqa: SIM115
+        self._count = 0
+
+    def write(self, block: np.ndarray) -> None:
+        self._file.write(memoryview(np.ascontiguousarray(block, dtype=np.float32)).cast("B"))  # no copy
+        self._count += len(block)
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self._count,)
+
+    @property
+    def size(self) -> int:
+        return self._count
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise TypeError("a spooled recording is read by slices")
+        start, stop, step = key.indices(self._count)
+        if step != 1:
+            raise ValueError("a spooled recording is read by contiguous slices")
+        out = np.empty(max(0, stop - start), dtype=np.float32)
+        self._file.seek(start * out.itemsize)
+        self._file.readinto(memoryview(out).cast("B"))
+        return out
+
+    def blocks(self, frames: int) -> Iterator[np.ndarray]:
+        """The samples in order, ``frames`` at a time."""
+        for start in range(0, self._count, frames):
+            yield self[start : start + frames]
+
+    def close(self) -> None:
+        self._file.close()
+
+
+AudioInput = str | os.PathLike | bytes | BinaryIO | np.ndarray | Spooled
 
 # Containers libsndfile reads natively (their first four bytes). Anything else goes to PyAV.
 _SNDFILE_MAGIC = (b"RIFF", b"RIFX", b"RF64", b"fLaC", b"FORM", b"OggS", b"caff", b".snd")
@@ -64,22 +121,56 @@ def load_audio(
     soon as decoding passes the limit); :class:`TruncatedAudioError` for audio that ends before its header
     says, unless ``allow_truncated`` (then a one-line warning is logged and the part that decoded returned).
     """
+    audio = open_audio(source, sample_rate, allow_silence=allow_silence, max_seconds=max_seconds,
+                       allow_truncated=allow_truncated, spool_seconds=float("inf"))
+    assert isinstance(audio, np.ndarray)
+    return audio
+
+
+def open_audio(
+    source: AudioInput,
+    sample_rate: int = SAMPLE_RATE,
+    *,
+    allow_silence: bool = False,
+    max_seconds: float | None = None,
+    allow_truncated: bool = False,
+    spool_seconds: float | None = None,
+) -> np.ndarray | Spooled:
+    """:func:`load_audio`, except that a file decoding to more than ``spool_seconds`` (default SPOOL_SECONDS) is
+    returned as a :class:`Spooled` recording (in a temporary file) rather than an array, so that its samples are
+    never all in memory at once. An array or a Spooled recording given as ``source`` is returned as it is
+    (checked)."""
     name = describe_source(source)
     if isinstance(source, np.ndarray):
-        audio = _from_array(source)
+        audio: np.ndarray | Spooled = _from_array(source)
         if max_seconds is not None and len(audio) > max_seconds * sample_rate:
             raise AudioTooLongError(name, max_seconds)
-    else:
-        decoded = _decode(source, name, sample_rate, max_seconds)
-        _check_complete(decoded, name, allow_truncated)
-        audio = decoded.samples
-    if audio.size == 0:
+        _check_samples(name, len(audio), *_peak(audio), allow_silence)
+        return audio
+    if isinstance(source, Spooled):
+        if max_seconds is not None and len(source) > max_seconds * sample_rate:
+            raise AudioTooLongError(name, max_seconds)
+        return source
+    spool_seconds = SPOOL_SECONDS if spool_seconds is None else spool_seconds
+    spool_after = None if math.isinf(spool_seconds) else int(spool_seconds * sample_rate)
+    decoded = _decode(source, name, sample_rate, max_seconds, spool_after)
+    _check_complete(decoded, name, allow_truncated)
+    _check_samples(name, decoded.count, decoded.peak, decoded.finite, allow_silence)
+    return decoded.samples
+
+
+def _peak(audio: np.ndarray) -> tuple[float, bool]:
+    finite = bool(np.all(np.isfinite(audio)))
+    return (float(np.max(np.abs(audio))) if audio.size and finite else 0.0), finite
+
+
+def _check_samples(name: str, count: int, peak: float, finite: bool, allow_silence: bool) -> None:
+    if count == 0:
         raise AudioError(f"{name}: no audio samples (zero-length)")
-    if not np.all(np.isfinite(audio)):
+    if not finite:
         raise AudioError(f"{name}: audio contains NaN or infinite samples")
-    if not allow_silence and float(np.max(np.abs(audio))) < SILENCE_PEAK:
+    if not allow_silence and peak < SILENCE_PEAK:
         raise AudioError(f"{name}: audio is silent (peak below -80 dBFS)")
-    return audio
 
 
 def audio_duration(path: str | os.PathLike) -> float:
@@ -89,25 +180,28 @@ def audio_duration(path: str | os.PathLike) -> float:
         seconds = _header_seconds(stream)
     if seconds is not None:
         return seconds
-    return len(load_audio(path, allow_silence=True, allow_truncated=True)) / SAMPLE_RATE
+    return len(open_audio(path, allow_silence=True, allow_truncated=True)) / SAMPLE_RATE
 
 
 def describe_source(source: AudioInput) -> str:
     """How an input is named in messages and results: its path, a file object's name, or <array>/<bytes>."""
     if isinstance(source, (str, os.PathLike)):
         return str(source)
-    if isinstance(source, np.ndarray):
+    if isinstance(source, (np.ndarray, Spooled)):
         return "<array>"
     return getattr(source, "name", None) or "<bytes>"
 
 
 @dataclass
 class _Decoded:
-    samples: np.ndarray
+    samples: np.ndarray | Spooled
     seconds: float  # decoded, at the file's own rate
     declared: float | None  # what the header says, where it says anything
     slack: float  # how much shorter than declared still counts as whole
     damaged: bool = False  # decoding stopped with an error after some audio
+    count: int = 0  # samples at the output rate
+    peak: float = 0.0  # largest absolute sample
+    finite: bool = True
 
 
 def _from_array(source: np.ndarray) -> np.ndarray:
@@ -127,13 +221,16 @@ def _check_complete(decoded: _Decoded, name: str, allow_truncated: bool) -> None
     logger.warning("%s; using the %.1f s that decoded", error, decoded.seconds)
 
 
-def _decode(source: str | os.PathLike | bytes | BinaryIO, name: str, rate: int, max_seconds: float | None) -> _Decoded:
+def _decode(
+    source: str | os.PathLike | bytes | BinaryIO, name: str, rate: int, max_seconds: float | None,
+    spool_after: int | None,
+) -> _Decoded:
     with _opened(source, name) as stream:
         result = None
         if stream.read(4) in _SNDFILE_MAGIC:
-            result = _read_with_soundfile(stream, name, rate, max_seconds)
+            result = _read_with_soundfile(stream, name, rate, max_seconds, spool_after)
         # not a format libsndfile reads, or one of its streams that does not declare a length: FFmpeg decodes it
-        return result or _read_with_av(stream, name, rate, max_seconds)
+        return result or _read_with_av(stream, name, rate, max_seconds, spool_after)
 
 
 @contextlib.contextmanager
@@ -173,34 +270,56 @@ def _seekable_at_start(stream: BinaryIO) -> bool:
 
 class _Samples:
     """Decoded samples appended block by block into one buffer that grows in place (``ndarray.resize`` is a
-    ``realloc``, so growing it does not copy), and that refuses to hold more than ``limit`` samples."""
+    ``realloc``, so growing it does not copy), and that refuses to hold more than ``limit`` samples. Past
+    ``spool_after`` samples, the buffer is moved to a :class:`Spooled` file and later blocks go there."""
 
-    def __init__(self, limit: int | None, expected: float | None) -> None:
-        self.limit = limit
+    def __init__(self, limit: int | None, expected: float | None, spool_after: int | None = None) -> None:
+        self.limit, self.spool_after = limit, spool_after
         capacity = int(expected) + _BLOCK_FRAMES if expected else 4 * _BLOCK_FRAMES
-        self.buffer = np.zeros(min(capacity, limit + 1) if limit is not None else capacity, dtype=np.float32)
-        self.count = 0
+        for bound in (limit, spool_after):
+            capacity = min(capacity, bound + 1) if bound is not None else capacity
+        self.buffer = np.zeros(capacity, dtype=np.float32)
+        self.count, self.peak, self.finite = 0, 0.0, True
+        self.spool: Spooled | None = None
 
     def append(self, block: np.ndarray) -> None:
         needed = self.count + len(block)
         if self.limit is not None and needed > self.limit:
             raise _LimitReached
+        if len(block):
+            peak, finite = _peak(block)
+            self.peak, self.finite = max(self.peak, peak), self.finite and finite
+        if self.spool is None and self.spool_after is not None and needed > self.spool_after:
+            self.spool = Spooled()
+            self.spool.write(self.buffer[: self.count])
+            self.buffer = np.zeros(0, dtype=np.float32)
+        if self.spool is not None:
+            self.spool.write(block)
+            self.count = needed
+            return
         if needed > len(self.buffer):
             grown = max(needed, 2 * len(self.buffer))
             self.buffer.resize(min(grown, self.limit + 1) if self.limit is not None else grown, refcheck=False)
         self.buffer[self.count : needed] = block
         self.count = needed
 
-    def result(self) -> np.ndarray:
+    def result(self) -> np.ndarray | Spooled:
+        if self.spool is not None:
+            return self.spool
         self.buffer.resize(self.count, refcheck=False)
         return self.buffer
+
+    def decoded(self, seconds: float, declared: float | None, slack: float, damaged: bool) -> _Decoded:
+        return _Decoded(self.result(), seconds, declared, slack, damaged, self.count, self.peak, self.finite)
 
 
 class _LimitReached(Exception):
     pass
 
 
-def _read_with_soundfile(stream: BinaryIO, name: str, rate: int, max_seconds: float | None) -> _Decoded | None:
+def _read_with_soundfile(
+    stream: BinaryIO, name: str, rate: int, max_seconds: float | None, spool_after: int | None
+) -> _Decoded | None:
     """Decode with libsndfile; None where it cannot (PyAV tries next)."""
     declared_wav = _wav_declared_frames(stream)
     stream.seek(0)
@@ -214,7 +333,7 @@ def _read_with_soundfile(stream: BinaryIO, name: str, rate: int, max_seconds: fl
         native = handle.samplerate
         declared = (declared_wav if declared_wav is not None else handle.frames) / native
         _check_declared(declared, max_seconds, name)
-        samples = _Samples(_limit(max_seconds, rate), declared * rate)
+        samples = _Samples(_limit(max_seconds, rate), declared * rate, spool_after)
         resampler = soxr.ResampleStream(native, rate, 1, dtype="float32") if native != rate else None
         frames, damaged = 0, False
         try:
@@ -230,10 +349,12 @@ def _read_with_soundfile(stream: BinaryIO, name: str, rate: int, max_seconds: fl
             if not frames:
                 return None
             damaged = True  # e.g. FLAC "lost sync" where the file was cut
-    return _Decoded(samples.result(), frames / native, declared, 0.0, damaged)
+    return samples.decoded(frames / native, declared, 0.0, damaged)
 
 
-def _read_with_av(stream: BinaryIO, name: str, rate: int, max_seconds: float | None) -> _Decoded:
+def _read_with_av(
+    stream: BinaryIO, name: str, rate: int, max_seconds: float | None, spool_after: int | None
+) -> _Decoded:
     import av  # PyAV: FFmpeg's decoders without a subprocess; shipped with faster-whisper
 
     stream.seek(0)
@@ -247,7 +368,7 @@ def _read_with_av(stream: BinaryIO, name: str, rate: int, max_seconds: float | N
         audio = container.streams.audio[0]
         declared = _av_declared_seconds(container, audio)
         _check_declared(declared, max_seconds, name)
-        samples = _Samples(_limit(max_seconds, rate), declared * rate if declared else None)
+        samples = _Samples(_limit(max_seconds, rate), declared * rate if declared else None, spool_after)
         try:
             damaged = _av_decode_into(container, audio, samples, rate)
         except _LimitReached:
@@ -258,7 +379,7 @@ def _read_with_av(stream: BinaryIO, name: str, rate: int, max_seconds: float | N
         raise AudioError(f"{name}: cannot decode audio (no audio frames; corrupt or truncated file)")
     fixed, relative = COMPRESSED_LENGTH_SLACK
     slack = fixed + relative * (declared or 0.0)
-    return _Decoded(samples.result(), samples.count / rate, declared, slack, damaged)
+    return samples.decoded(samples.count / rate, declared, slack, damaged)
 
 
 def _av_decode_into(container: object, audio: object, samples: _Samples, rate: int) -> bool:

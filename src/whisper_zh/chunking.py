@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.audio import SAMPLE_RATE, Spooled
 from whisper_zh.decoding import compression_ratio
 from whisper_zh.engines.base import RawSegment, RawWord
 from whisper_zh.normalize import CJK_CHAR
@@ -64,9 +64,10 @@ class AudioFile:
 
     index: int
     source: str
-    audio: np.ndarray
+    audio: np.ndarray | Spooled  # Spooled: a long recording, read a window at a time
     language: str | None = None
     regions: list[Span] | None = None  # speech regions, when voice activity detection cut the file
+    uncovered: list[Span] = field(default_factory=list)  # speech no segment covers, after the safety net
     credited: float = 0.0  # seconds already reported to the progress callback
 
     @property

@@ -145,3 +145,12 @@ def cut_repetition_loop(text: str, min_chars: int = 12) -> tuple[str, bool]:
         return match.group(1)
 
     return _LOOP.sub(_collapse, text), cut
+
+
+def loop_start(text: str, min_chars: int = 12) -> int | None:
+    """Where the first loop :func:`cut_repetition_loop` would cut begins to repeat (the end of its first
+    occurrence, which the cut keeps), or None."""
+    for match in _LOOP.finditer(text):
+        if len(match.group(0)) >= min_chars:
+            return match.start() + len(match.group(1))
+    return None

@@ -42,6 +42,9 @@ class Transcription:
     segments: list[Segment]
     language: str
     duration: float
+    # (start, end) seconds of speech that voice activity detection heard, that no segment covers even after it
+    # was decoded again on its own (the transcriber's safety net): reported, never dropped silently
+    uncovered: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -54,13 +57,16 @@ class Transcription:
         return list(dict.fromkeys(s.speaker for s in self.segments if s.speaker))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "source": self.source,
             "language": self.language,
             "duration": round(self.duration, 3),
             "text": self.text,
             "segments": [asdict(segment) for segment in self.segments],
         }
+        if self.uncovered:
+            out["uncovered"] = [[round(a, 3), round(b, 3)] for a, b in self.uncovered]
+        return out
 
 
 def join_texts(texts) -> str:  # noqa: ANN001 - any iterable of str

@@ -13,21 +13,25 @@ already placed on the recording's timeline. Here they become :class:`~whisper_zh
    full-width.
 4. Times are made valid here, once, for every output format: 0 <= start < end <= duration, each segment
    starting no earlier than the previous one ends, each word inside its segment.
+
+It also finds speech that no segment covers (:func:`uncovered_speech`), which the transcriber decodes again on its
+own (the safety net), and keeps only what that second pass heard there (:func:`pieces_within`).
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from whisper_zh.decoding import DecodeOptions, compression_ratio, cut_repetition_loop
+from whisper_zh.decoding import DecodeOptions, compression_ratio, cut_repetition_loop, loop_start
 from whisper_zh.engines.base import RawSegment, RawWord
 from whisper_zh.normalize import SENTENCE_MARKS, arabic_numbers, chinese_punctuation, convert_script
 from whisper_zh.results import Segment, Word, join_texts
-from whisper_zh.vad import Span
+from whisper_zh.vad import SPEECH_PAD, Span
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,12 @@ PAUSE_SECONDS = 0.8
 SENTENCE_END = tuple(SENTENCE_MARKS)
 # Shortest time span a segment or word is given when the aligner returns none (seconds; also the rounding step).
 MIN_SPAN = 0.01
+# Speech that voice activity detection hears for at least this long (seconds), with no segment over it, was
+# skipped by the decoder: the transcriber decodes it again on its own. Shorter stretches are a word's edge or a
+# breath, which VAD's regions take in.
+UNCOVERED_SECONDS = 1.0
+# A word decoded again next to the first pass's words repeats one of them when the two lie this close (seconds).
+WORD_SLACK = 0.5
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,10 @@ def _timed_words(pieces: list[Piece], regions: list[Span] | None) -> list[tuple[
                 k = max(0, bisect.bisect_right(starts, word.end) - 1)
                 word = RawWord(min(max(word.start, regions[k].start), word.end), word.end, word.text, word.probability)
             out.append((word, piece))
+    # in time order inside each window: speech decoded again by the transcriber's safety net joins the window
+    # that skipped it (pieces_within), between that window's words (a no-op otherwise: a window's words come
+    # back in time order)
+    out.sort(key=lambda wp: (wp[1].window, wp[0].start))
     return out
 
 
@@ -167,3 +181,141 @@ def _span(start: float, end: float, lo: float, hi: float) -> tuple[float, float]
         end = min(start + MIN_SPAN, hi)
         start = min(start, max(lo, end - MIN_SPAN))
     return start, end
+
+
+def segment_spans(pieces: Iterable[Piece], regions: list[Span] | None) -> list[tuple[float, float]]:
+    """(start, end) of the segments :func:`build_segments` would make of ``pieces``, before their text is cleaned.
+
+    A repetition loop covers nothing past its first occurrence (the cleaning cuts the rest, and the speech under
+    it was not transcribed)."""
+    ordered = sorted(pieces, key=lambda p: (p.window, p.segment.start, p.segment.end))
+    if not (ordered and all(p.segment.words is not None for p in ordered)):
+        return sorted((p.segment.start, p.segment.end) for p in ordered if p.segment.text.strip())
+    spans = []
+    for raw, words in _sentences(_timed_words(ordered, regions)):
+        if not raw.text.strip():
+            continue
+        cut, end, written = loop_start(raw.text), raw.end, 0
+        if cut is not None:
+            for word in words:
+                written += len(word.text)
+                if written >= cut:
+                    end = word.end
+                    break
+        spans.append((raw.start, end))
+    return sorted(spans)
+
+
+def uncovered_speech(regions: list[Span], spans: list[tuple[float, float]], duration: float, *,
+                     least: float = UNCOVERED_SECONDS) -> list[Span]:
+    """Stretches of speech at least ``least`` seconds long that no span (of a segment) covers, in time order.
+    Speech is a VAD region without the padding VAD adds each side (SPEECH_PAD, where the recording goes on);
+    uncovered parts of neighbouring regions less than ``least`` apart, with no span between them, are one stretch
+    (VAD splits speech at a pause of 160 ms)."""
+    spans = sorted(spans)
+    parts: list[Span] = []
+    k = 0
+    for region in regions:
+        start = region.start + SPEECH_PAD if region.start > 0 else region.start
+        end = region.end - SPEECH_PAD if region.end < duration else region.end
+        while k < len(spans) and spans[k][1] <= start:
+            k += 1
+        cursor, j = start, k
+        while j < len(spans) and spans[j][0] < end:
+            if spans[j][0] > cursor:
+                parts.append(Span(cursor, spans[j][0]))
+            cursor = max(cursor, spans[j][1])
+            j += 1
+        if end > cursor:
+            parts.append(Span(cursor, end))
+    starts, reach = [a for a, _ in spans], list(itertools.accumulate((b for _, b in spans), max))
+    joined: list[tuple[Span, float]] = []  # (stretch, seconds of speech in it)
+    for part in parts:
+        before = bisect.bisect_left(starts, part.start)  # spans starting before this part; do any reach back?
+        between = bool(joined) and before > 0 and reach[before - 1] > joined[-1][0].end
+        if joined and part.start - joined[-1][0].end < least and not between:
+            joined[-1] = (Span(joined[-1][0].start, part.end), joined[-1][1] + part.duration)
+        else:
+            joined.append((part, part.duration))
+    return [span for span, speech in joined if speech >= least]
+
+
+def pieces_within(pieces: Iterable[Piece], spans: list[Span], first_pass: list[Piece]) -> list[Piece]:
+    """What ``pieces`` (decoded again over ``spans`` and a little around them) heard inside ``spans``: words whose
+    middle falls inside one, or, without words, segments whose middle does. A word at either end of a span that
+    repeats the first pass's word just outside it is left out (the second pass hears the edges again).
+
+    Each is given to the window of ``first_pass`` (where the recording was decoded first) that holds its start,
+    so that build_segments puts it among that window's words, in time order."""
+    windows = sorted({p.window for p in first_pass})
+    heard = sorted((w for p in first_pass for w in p.segment.words or ()), key=lambda w: w.start)
+
+    def window(start: float, own: float) -> float:
+        k = bisect.bisect_right(windows, start)
+        return windows[k - 1] if k else own
+
+    out = []
+    for piece in pieces:
+        segment = piece.segment
+        if segment.words is None:
+            if any(s.start <= (segment.start + segment.end) / 2 <= s.end for s in spans):
+                out.append(Piece(segment, window(segment.start, piece.window)))
+            continue
+        words: list[RawWord] = []
+        for span in spans:
+            mine = [w for w in segment.words if span.start <= (w.start + w.end) / 2 <= span.end]
+            words += _without_repeated_edges(mine, span, heard)
+        if words:
+            text = "".join(w.text for w in words)
+            out.append(Piece(replace(segment, text=text, start=words[0].start, end=words[-1].end, words=tuple(words),
+                                     tokens=(), compression_ratio=compression_ratio(text)),
+                             window(words[0].start, piece.window)))
+    return out
+
+
+def without_words_within(pieces: Iterable[Piece], spans: list[Span]) -> list[Piece]:
+    """``pieces`` less their words whose middle falls inside one of ``spans`` (what a repetition loop wrote over
+    speech that was decoded again); pieces without words are kept as they are."""
+    out = []
+    for piece in pieces:
+        segment = piece.segment
+        if segment.words is None:
+            out.append(piece)
+            continue
+        words = tuple(w for w in segment.words if not any(s.start <= (w.start + w.end) / 2 <= s.end for s in spans))
+        if len(words) == len(segment.words):
+            out.append(piece)
+        elif words:
+            text = "".join(w.text for w in words)
+            out.append(Piece(replace(segment, text=text, start=words[0].start, end=words[-1].end, words=words,
+                                     tokens=(), compression_ratio=compression_ratio(text)), piece.window))
+    return out
+
+
+def _without_repeated_edges(words: list[RawWord], span: Span, heard: list[RawWord]) -> list[RawWord]:
+    """``words`` less a first word that repeats the word heard just before ``span``, and a last word that repeats
+    the word heard just after it (within WORD_SLACK)."""
+    before = [w for w in heard if w.end <= span.start + WORD_SLACK]
+    after = [w for w in heard if w.start >= span.end - WORD_SLACK]
+    if words and before and _letters(words[0].text) == _letters(before[-1].text):
+        words = words[1:]
+    if words and after and _letters(words[-1].text) == _letters(after[0].text):
+        words = words[:-1]
+    return words
+
+
+def _letters(text: str) -> str:
+    return "".join(ch for ch in text if ch.isalnum())
+
+
+def redo_spans(uncovered: list[Span], duration: float, *, join: float = UNCOVERED_SECONDS) -> list[Span]:
+    """The stretches to decode again for ``uncovered`` speech: each widened by VAD's padding, those less than
+    ``join`` seconds apart decoded together."""
+    out: list[Span] = []
+    for span in uncovered:
+        start, end = max(0.0, span.start - SPEECH_PAD), min(duration, span.end + SPEECH_PAD)
+        if out and start - out[-1].end < join:
+            out[-1] = Span(out[-1].start, end)
+        else:
+            out.append(Span(start, end))
+    return out

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from whisper_zh.audio import AudioInput, describe_source, load_audio
+from whisper_zh.audio import AudioInput, describe_source, open_audio
 from whisper_zh.chunking import (
     MIN_WINDOW,
     PACK_MAX_CLIP,
@@ -42,7 +42,15 @@ from whisper_zh.errors import AudioError, UsageError
 from whisper_zh.models import resolve_model
 from whisper_zh.normalize import CJK_RANGES, has_cjk
 from whisper_zh.results import Segment, Transcription
-from whisper_zh.segments import Piece, build_segments
+from whisper_zh.segments import (
+    Piece,
+    build_segments,
+    pieces_within,
+    redo_spans,
+    segment_spans,
+    uncovered_speech,
+    without_words_within,
+)
 from whisper_zh.vad import Span, load_detector, speech_regions
 
 logger = logging.getLogger(__name__)
@@ -170,7 +178,8 @@ class Transcriber:
     ) -> Iterator[tuple[int, Transcription | AudioError]]:
         """Yield (input index, result) as groups of inputs finish; errors are yielded as soon as they are found.
 
-        Inputs are read until ``group_seconds`` of audio are held, then decoded together."""
+        Inputs are read until ``group_seconds`` of audio are held, then decoded together. A recording longer
+        than audio.SPOOL_SECONDS is decoded from a temporary file, a window at a time (audio.open_audio)."""
         options = options or DecodeOptions()
         self.check(options)
         if options.diarize and self.decoder.aligns_words:  # segments are split at words where the speaker changes
@@ -179,7 +188,7 @@ class Transcriber:
         held = 0.0
         for index, source in enumerate(inputs):
             try:
-                audio = load_audio(source, allow_truncated=allow_truncated)
+                audio = open_audio(source, allow_truncated=allow_truncated)
             except AudioError as exc:
                 yield index, exc
                 continue
@@ -237,6 +246,7 @@ class _Run:
         if redo:  # clips the packed passes could not place with confidence: decode them on their own
             logger.debug("%d packed clips decoded again on their own", len(redo))
             self._decode_into(pieces, [self._stream(f, Span(0.0, f.duration), credit=False) for f in redo])
+        self._cover(files, pieces)
         for file in files:
             self._credit(file, file.duration - file.credited)  # silences left out, clips decoded again
             yield file.index, self._assemble(file, pieces[file])
@@ -254,6 +264,35 @@ class _Run:
                 else:
                     pieces[file].append(Piece(segment, 0.0))
         return redo
+
+    def _cover(self, files: list[AudioFile], pieces: dict[AudioFile, list[Piece]]) -> None:
+        """The safety net: speech that VAD hears and no segment covers (the decoder skipped it: another voice in
+        the middle of a window, a window's text dropped as made up) is decoded again on its own, one stream over
+        each such stretch, and what that hears there joins the recording's pieces (build_segments puts them in
+        time order). Speech still without a segment is reported (Transcription.uncovered and a warning), never
+        dropped silently. Packed clips are checked too, after their own checks (chunking.unpack)."""
+        gaps = {f: uncovered_speech(f.regions, segment_spans(pieces[f], f.regions), f.duration)
+                for f in files if f.regions}
+        tasks = [self._stream(f, span, credit=False) for f, spans in gaps.items()
+                 for span in redo_spans(spans, f.duration)]
+        if not tasks:
+            return
+        logger.info("%d stretches of speech without text decoded again on their own", len(tasks))
+        again: dict[AudioFile, list[Piece]] = {f: [] for f in gaps}
+        self._decode_into(again, tasks)
+        for file, spans in gaps.items():
+            if not spans:
+                continue
+            found = pieces_within(again[file], spans, pieces[file])
+            # the spans where the second pass heard words: what the first wrote there (a loop's tail) gives way
+            heard = [s for s in spans if any(s.start <= (w.start + w.end) / 2 <= s.end
+                                             for p in found for w in p.segment.words or ())]
+            pieces[file] = without_words_within(pieces[file], heard) + found
+            file.uncovered = uncovered_speech(file.regions or [], segment_spans(pieces[file], file.regions),
+                                              file.duration)
+            for span in file.uncovered:
+                logger.warning("%s: %.1f-%.1f s: voice activity detection hears speech there, but no text was "
+                               "decoded", file.source, span.start, span.end)
 
     def _stream(self, file: AudioFile, span: Span, *, credit: bool = True) -> _Stream:
         # Segments of a cut recording are rebuilt from word times; packs are split back by them.
@@ -335,7 +374,8 @@ class _Run:
                                   regions=file.regions, source=file.source)
         if self.options.task == "translate":
             _warn_untranslated(file.source, segments)
-        return Transcription(file.source, segments, language, file.duration)
+        uncovered = [(span.start, span.end) for span in file.uncovered]
+        return Transcription(file.source, segments, language, file.duration, uncovered)
 
 
 def _warn_untranslated(source: str, segments: Sequence[Segment]) -> None:

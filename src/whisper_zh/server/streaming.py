@@ -23,7 +23,7 @@ import numpy as np
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from whisper_zh.audio import SAMPLE_RATE
+from whisper_zh.audio import SAMPLE_RATE, Spooled
 from whisper_zh.decoding import DecodeOptions
 from whisper_zh.diarize import DiarizeOptions
 from whisper_zh.errors import AudioError
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 Labeller = Callable[[Transcription, np.ndarray, DiarizeOptions], Transcription]
 
 
-def stream_response(slot: Slot, audio: np.ndarray, options: DecodeOptions, metrics: ServerMetrics,
+def stream_response(slot: Slot, audio: np.ndarray | Spooled, options: DecodeOptions, metrics: ServerMetrics,
                     piece_seconds: float, *, labeller: Labeller | None = None) -> StreamingResponse:
     """The SSE answer; it owns ``slot`` from here on and releases it however the stream ends. ``labeller``
     (Transcriber.label_speakers) diarizes the whole recording at the end where ``options`` ask for it."""
@@ -65,7 +65,7 @@ class _SlotStreamingResponse(StreamingResponse):
 
 
 class _PieceStream:
-    def __init__(self, slot: Slot, audio: np.ndarray, options: DecodeOptions, metrics: ServerMetrics,
+    def __init__(self, slot: Slot, audio: np.ndarray | Spooled, options: DecodeOptions, metrics: ServerMetrics,
                  piece_seconds: float) -> None:
         self.slot, self.audio, self.metrics = slot, audio, metrics
         self.diarize = options.diarize
@@ -157,7 +157,7 @@ class _PieceStream:
             self.slot.release()
 
 
-def piece_bounds(audio: np.ndarray, piece_seconds: float) -> list[tuple[int, int]]:
+def piece_bounds(audio: np.ndarray | Spooled, piece_seconds: float) -> list[tuple[int, int]]:
     """Sample ranges covering ``audio`` end to end, each about ``piece_seconds`` of it at most, cut in the
     middle of pauses between the spans :func:`whisper_zh.vad.cut_at_pauses` groups speech into."""
     if len(audio) <= piece_seconds * SAMPLE_RATE:

@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from fastapi import UploadFile
 
-from whisper_zh.audio import load_audio
+from whisper_zh.audio import Spooled, open_audio
 from whisper_zh.errors import AudioError
 from whisper_zh.server.errors import audio_error
 
@@ -55,14 +55,15 @@ class UploadPermit:
             self._gate._leave(time.monotonic() - self._started)
 
 
-def decode_upload(upload: UploadFile, max_seconds: float, *, allow_truncated: bool) -> np.ndarray:
+def decode_upload(upload: UploadFile, max_seconds: float, *, allow_truncated: bool) -> np.ndarray | Spooled:
     """Decode the upload straight from Starlette's spool (memory up to 1 MB, then an unnamed temporary file,
     closed and removed with the request): the request holds at most ``max_seconds`` of samples, whatever the
-    file's header claims. Raises :class:`ApiError` (400/413) for audio it cannot use."""
+    file's header claims, and a long one is spooled to a temporary file as the transcriber reads files
+    (audio.open_audio). Raises :class:`ApiError` (400/413) for audio it cannot use."""
     upload.file.seek(0)
     source = _Named(upload.file, upload.filename or "file")
     try:
-        return load_audio(source, max_seconds=max_seconds, allow_truncated=allow_truncated)
+        return open_audio(source, max_seconds=max_seconds, allow_truncated=allow_truncated)
     except AudioError as exc:
         raise audio_error(exc) from exc
 
