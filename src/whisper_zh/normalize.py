@@ -141,6 +141,7 @@ def _expand_unit(cn2an: Any, number: str) -> str:
 _NUMERALS = "零〇一二三四五六七八九十百千万亿两幺"
 _NUMBER = re.compile(f"(百分之)?([{_NUMERALS}]+)(点[零〇一二三四五六七八九幺]+)?")
 _DIGIT_STRING = re.compile("[零〇一二三四五六七八九幺]{3,}")  # years, phone and room numbers: read digit by digit
+_DIGIT_OF = str.maketrans("零〇一二三四五六七八九幺", "001234567891")
 # Units after which even a one-digit number is written in digits (GB/T 15835-2011: measurements)
 _MEASURES = ("公斤", "千克", "公里", "公分", "厘米", "毫米", "平方米", "立方米", "米", "克", "度", "%", "℃")
 _DATE = re.compile(f"(?:[{_NUMERALS}]+年)?[{_NUMERALS}]+月(?:[{_NUMERALS}]+[日号])?|[{_NUMERALS}]+年[{_NUMERALS}]+月")
@@ -161,13 +162,11 @@ def arabic_numbers(text: str) -> str:
     import cn2an  # imported lazily: it loads a few regex tables
 
     def value(span: str) -> str:
+        """``span`` in digits, expanded as the scoring normaliser expands a number; "" where cn2an cannot read it."""
         with warnings.catch_warnings():  # cn2an warns on strings like 万一 that look numeric but are not
             warnings.simplefilter("ignore")
-            try:
-                number = cn2an.cn2an(span, "smart")
-            except (ValueError, KeyError):
-                return ""
-        return str(int(number)) if float(number).is_integer() else str(number)
+            digits = _expand_unit(cn2an, span)
+        return digits if digits != span else ""
 
     def number(match: re.Match[str]) -> str:
         percent, run, decimal = match.group(1), match.group(2), match.group(3) or ""
@@ -175,7 +174,7 @@ def arabic_numbers(text: str) -> str:
         if run in _NUMBER_WORDS or (after and after[0] in _APPROXIMATE):
             return match.group(0)
         if _DIGIT_STRING.fullmatch(run) and not decimal and not percent:
-            return "".join(str("〇一二三四五六七八九".find(c.replace("零", "〇").replace("幺", "一"))) for c in run)
+            return run.translate(_DIGIT_OF)
         unit = next((u for u in ("亿", "万") if run.endswith(u) and len(run) > 1), "")
         positional = any(c in "十百千万亿" for c in run)  # 三四 and 七八 are "three or four", not 34
         if not (percent or decimal or after.startswith(_MEASURES) or (positional and len(run) > 1)):
