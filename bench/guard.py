@@ -134,11 +134,12 @@ def traditional_count(texts: list[str]) -> int:
     return sum(a != b for t in texts for a, b in zip(t, convert_script(t, "simplified"), strict=False))
 
 
-def errors(clips: list[Clip], texts: dict[str, str], scoring) -> tuple[list[int], list[int]]:
+def errors(clips: list[Clip], texts: dict[str, str], scoring) -> dict[str, tuple[int, int]]:
+    """Each clip's (errors, reference length) under ``scoring``."""
     from whisper_zh.metrics import align_texts
 
-    aligned = [align_texts(c.text, texts.get(c.id, ""), normalizer=scoring) for c in clips]
-    return [a.errors for a in aligned], [a.ref_len for a in aligned]
+    aligned = {c.id: align_texts(c.text, texts.get(c.id, ""), normalizer=scoring) for c in clips}
+    return {key: (a.errors, a.ref_len) for key, a in aligned.items()}
 
 
 def compare(run: dict, base: dict) -> tuple[list[str], list[str]]:
@@ -152,18 +153,18 @@ def compare(run: dict, base: dict) -> tuple[list[str], list[str]]:
     rows, failures = [], []
     for order, result in run["passes"].items():
         stored = base["passes"][order]["texts"]
-        for group, members in groups.items():
-            cells = []
-            for scoring_name, scoring in scorings.items():
-                new, lengths = errors(members, result["texts"], scoring)
-                old, _ = errors(members, stored, scoring)
-                c = paired_bootstrap(old, new, lengths, n_resamples=RESAMPLES)
-                cells.append(f"{100 * c.rate_b:.2f} % ({100 * c.delta:+.2f} [{100 * c.ci_low:+.2f}, "
-                             f"{100 * c.ci_high:+.2f}], p={c.p_value:.3f})")
+        cells: dict[str, list[str]] = {group: [] for group in groups}
+        for scoring_name, scoring in scorings.items():
+            new, old = errors(clips, result["texts"], scoring), errors(clips, stored, scoring)  # each clip once
+            for group, members in groups.items():
+                c = paired_bootstrap([old[m.id][0] for m in members], [new[m.id][0] for m in members],
+                                     [new[m.id][1] for m in members], n_resamples=RESAMPLES)
+                cells[group].append(f"{100 * c.rate_b:.2f} % ({100 * c.delta:+.2f} [{100 * c.ci_low:+.2f}, "
+                                    f"{100 * c.ci_high:+.2f}], p={c.p_value:.3f})")
                 if c.delta > 0 and c.p_value < ALPHA:
                     failures.append(f"{order} {group} {scoring_name}: {100 * c.rate_a:.2f} % -> "
                                     f"{100 * c.rate_b:.2f} % (p = {c.p_value:.3f})")
-            rows.append(f"| {order} | {group} | {len(members)} | {cells[0]} | {cells[1]} |")
+        rows += [f"| {order} | {group} | {len(groups[group])} | {a} | {b} |" for group, (a, b) in cells.items()]
         new_trad = traditional_count([result["texts"][c.id] for c in clips])
         old_trad = traditional_count([stored.get(c.id, "") for c in clips])
         rows.append(f"| {order} | Traditional characters | | {new_trad} (baseline {old_trad}) | |")
