@@ -190,6 +190,29 @@ def test_noise_only_input_gives_no_text(transcriber):
     assert transcriber.transcribe(short).text == ""
 
 
+def test_clips_too_short_for_a_word_are_answered_first_and_not_decoded(transcriber, news_rows, monkeypatch):
+    """Issue 30: 0.1 s clips were packed 32 to a window, sent through the temperature fallback and decoded again
+    one by one (854 s for 300), and nothing was written until the end."""
+    rows = news_rows[:3]
+    speech = read_flac(rows[0]["path"])
+    tiny = [speech[16000 * k: 16000 * k + 1600] for k in (1, 2)]  # 0.1 s of speech each
+    windows: list[float] = []
+    decode = transcriber.decoder.decode
+
+    def counted(audio, *args, **kwargs):
+        windows.extend(len(a) / 16000 for a in audio)
+        return decode(audio, *args, **kwargs)
+
+    monkeypatch.setattr(transcriber.decoder, "decode", counted)
+    order = []
+    for index, result in transcriber.transcribe_iter([rows[1]["path"], tiny[0], rows[2]["path"], tiny[1]]):
+        order.append(index)
+        if index in (1, 3):
+            assert result.text == "" and result.segments == [] and not windows  # before any decoding
+    assert order[:2] == [1, 3] and sorted(order) == [0, 1, 2, 3]
+    assert sum(windows) < 31  # the two sentences in one pack; no window for the tiny clips
+
+
 def test_bad_inputs_in_a_batch_do_not_stop_the_others(transcriber, example_clips, tmp_path):
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
@@ -251,6 +274,7 @@ def test_translation_to_english_keeps_its_words(transcriber, aishell_rows):
     assert len(result.text.split()) >= 5 and result.text.isascii(), result.text
 
 
+@pytest.mark.slow  # 40 s of temperature fallbacks; translation itself is in the default suite (the test above)
 def test_translation_that_leaves_chinese_in_the_english_is_said(aishell_rows, transcriber, caplog):
     """base translates W0206 to '... security保障' and leaves W0210 in Chinese: both are warned about; a clean
     English translation is not."""
