@@ -213,6 +213,16 @@ def test_clips_too_short_for_a_word_are_answered_first_and_not_decoded(transcrib
     assert sum(windows) < 31  # the two sentences in one pack; no window for the tiny clips
 
 
+def test_a_token_budget_and_a_long_prompt_fit_together_in_the_fallback(transcriber, example_clips, news_rows):
+    """A budget of new tokens (DecodeOptions.max_new_tokens) with a prompt that leaves no room for it:
+    faster-whisper's sequential path refused the pair (ValueError); the budget gives way."""
+    audio = read_flac(example_clips[0]["path"])
+    options = DecodeOptions(max_new_tokens=320)  # with 227 tokens of prompt: over Whisper's 448
+    decoded = transcriber.decoder.decode_with_fallback(audio, options, language="zh", words=False,
+                                                       context="。".join(r["text"] for r in news_rows[:30]))
+    assert cer(example_clips[0]["text"], "".join(s.text for s in decoded.segments)).rate < 0.3
+
+
 def test_bad_inputs_in_a_batch_do_not_stop_the_others(transcriber, example_clips, tmp_path):
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")

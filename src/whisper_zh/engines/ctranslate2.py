@@ -112,7 +112,7 @@ class CTranslate2Decoder:
             log_prob_threshold=options.log_prob_threshold,
             no_speech_threshold=options.no_speech_threshold,
             condition_on_previous_text=False,
-            max_new_tokens=options.max_new_tokens,
+            max_new_tokens=self._room(options, language, prompt),
             initial_prompt=prompt,
             hotwords=options.hotwords,
             word_timestamps=words,
@@ -137,6 +137,18 @@ class CTranslate2Decoder:
             for s in segments
         )
         return Decoded(raw, duration)
+
+    def _room(self, options: DecodeOptions, language: str, prompt: str | None) -> int | None:
+        """``options.max_new_tokens`` where the prompt leaves room for it, else None (Whisper's 448 in all):
+        faster-whisper's sequential path refuses a prompt and a budget longer than that together, where the
+        batched one (``_PromptedPipeline._generate``) clips the budget."""
+        if options.max_new_tokens is None:
+            return None
+        tokenizer = self._tokenizer(options, language)
+        half = self._model.max_length // 2 - 1  # faster-whisper keeps at most this many of each of the two
+        used = sum(min(len(_encode(tokenizer, text)), half) for text in (prompt, options.hotwords) if text)
+        room = self._model.max_length - used - 8  # <|startofprev|>, the start sequence and a timestamp
+        return options.max_new_tokens if options.max_new_tokens <= room else None
 
     def _forward(self, windows: Sequence[np.ndarray], previous: list[list[int]], options: DecodeOptions,
                  tokenizer: Tokenizer, language: str, words: bool, timestamps: bool) -> list[Decoded]:
