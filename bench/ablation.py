@@ -26,6 +26,8 @@ from guard import SETS, SHUFFLE_SEED, Clip, errors, load_clips, usage  # noqa: E
 VARIANTS: dict[str, str] = {
     "defaults": "the code as it is",
     "alone": "no packing: every clip in a window of its own (DecodeOptions(pack=False))",
+    "in-order": "clips packed in input order, a new window where the next does not fit (the first turn's rule, "
+                "a30bdc4), not first-fit decreasing",
     "no-timestamps": "packs decoded without timestamp tokens (words still split back by alignment)",
     "split-by-segments": "a pack's words split back by their segment's end, not their own, with no-redo's rule off "
                          "too (segment times cannot tell whether words cover a clip's speech)",
@@ -51,7 +53,9 @@ def configure(variant: str):  # noqa: ANN201 - returns DecodeOptions; imported l
     options = DecodeOptions()
     if variant == "alone":
         return options.with_(pack=False)
-    if variant == "no-timestamps":
+    if variant == "in-order":
+        transcriber.make_packs = _in_order(chunking)
+    elif variant == "no-timestamps":
         transcriber._Pack.timestamps = False
     elif variant == "split-by-segments":
         transcriber.unpack = _by_segments(chunking.unpack)
@@ -70,6 +74,23 @@ def configure(variant: str):  # noqa: ANN201 - returns DecodeOptions; imported l
     elif variant.startswith("batch-"):
         return options.with_(batch_size=int(variant.split("-")[1]))
     return options
+
+
+def _in_order(chunking):  # noqa: ANN001, ANN202
+    def packs(files):  # noqa: ANN001, ANN202
+        windows: list[list] = []
+        filled = 0.0
+        for file in sorted(files, key=lambda f: f.index):
+            if windows and windows[-1][0].language == file.language and \
+                    filled + chunking.PACK_GAP + file.duration <= chunking.PACK_WINDOW:
+                windows[-1].append(file)
+                filled += chunking.PACK_GAP + file.duration
+            else:
+                windows.append([file])
+                filled = file.duration
+        return [chunking._pack(members) for members in windows]
+
+    return packs
 
 
 def _by_segments(unpack):  # noqa: ANN001, ANN202
