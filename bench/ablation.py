@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from guard import SETS, SHUFFLE_SEED, Clip, errors, load_clips, usage  # noqa: E402
+from guard import SETS, SHUFFLE_SEED, Clip, errors, load_clips, spawn, timed  # noqa: E402
 
 VARIANTS: dict[str, str] = {
     "defaults": "the code as it is",
@@ -121,20 +119,7 @@ def run_pass(variant: str, paths: list[str]) -> dict:
 
     options = configure(variant)
     transcriber = Transcriber("base")
-    cpu0, wall0 = usage()[0], time.perf_counter()
-    texts = [getattr(r, "text", "") for r in transcriber.transcribe_batch(paths, options)]
-    cpu1, rss = usage()
-    return {"texts": texts, "cpu_s": cpu1 - cpu0, "wall_s": time.perf_counter() - wall0, "peak_rss_mb": rss}
-
-
-def spawn(variant: str, clips: list[Clip]) -> dict:
-    command = [sys.executable, __file__, "--pass", variant]
-    proc = subprocess.run(command, input=json.dumps([c.path for c in clips]), capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"error: the {variant} pass failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.splitlines()[-1])
-    result["texts"] = {c.id: t for c, t in zip(clips, result["texts"], strict=True)}
-    return result
+    return timed(lambda: [getattr(r, "text", "") for r in transcriber.transcribe_batch(paths, options)])
 
 
 def subset(fraction: float) -> dict[str, list[Clip]]:
@@ -193,7 +178,7 @@ def main() -> int:
             if order in runs.get(variant, {}):
                 continue
             print(f"{variant}: {len(clips)} clips, {order} ...", file=sys.stderr, flush=True)
-            runs.setdefault(variant, {})[order] = spawn(variant, clips)
+            runs.setdefault(variant, {})[order] = spawn(variant, clips, script=__file__)
             if saved:
                 saved.write_text(json.dumps(runs, ensure_ascii=False), encoding="utf-8")
     for name in names:

@@ -98,15 +98,21 @@ def run_pass(kind: str, paths: list[str]) -> dict:
 
         transcriber = Transcriber("base")
         decode = lambda: [getattr(r, "text", "") for r in transcriber.transcribe_batch(paths, DecodeOptions())]  # noqa: E731
+    return timed(decode)
+
+
+def timed(decode) -> dict:  # noqa: ANN001 - a callable returning the texts
+    """The texts ``decode()`` returns, with its CPU seconds, wall seconds and this process's peak RSS."""
     cpu0, wall0 = usage()[0], time.perf_counter()
     texts = decode()
     cpu1, rss = usage()
     return {"texts": texts, "cpu_s": cpu1 - cpu0, "wall_s": time.perf_counter() - wall0, "peak_rss_mb": rss}
 
 
-def spawn(kind: str, clips: list[Clip]) -> dict:
-    """Run one pass in a fresh process (its own peak RSS, no state carried between passes)."""
-    command = [sys.executable, __file__, "--pass", kind]
+def spawn(kind: str, clips: list[Clip], script: str = __file__) -> dict:
+    """Run one pass of ``script`` (this one, or a bench built on it) in a fresh process (its own peak RSS, no state
+    carried between passes): clip paths on its stdin, one JSON line with texts and costs out."""
+    command = [sys.executable, script, "--pass", kind]
     proc = subprocess.run(command, input=json.dumps([c.path for c in clips]), capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"error: the {kind} pass failed:\n{proc.stderr[-3000:]}")

@@ -21,6 +21,19 @@ def cer(refs, hyps):
     return raw_cer(refs, hyps, normalizer=TextNormalizer())
 
 
+def record_windows(transcriber, monkeypatch) -> list[float]:
+    """The length in seconds of every window the decoder is given from now on, in order."""
+    windows: list[float] = []
+    decode = transcriber.decoder.decode
+
+    def counted(audio, *args, **kwargs):
+        windows.extend(len(a) / 16000 for a in audio)
+        return decode(audio, *args, **kwargs)
+
+    monkeypatch.setattr(transcriber.decoder, "decode", counted)
+    return windows
+
+
 def test_single_clip_is_accurate_simplified_and_timed(transcriber, example_clips):
     clip = example_clips[1]
     result = transcriber.transcribe(clip["path"])
@@ -63,14 +76,7 @@ def test_clips_a_pack_gives_back_are_packed_again_not_decoded_one_by_one(transcr
     clips = [read_flac(row["path"]) for row in rows]
     first_round = len(make_packs([AudioFile(i, row["id"], audio, "zh") for i, (row, audio) in
                                   enumerate(zip(rows, clips, strict=True))]))
-    windows: list[float] = []
-    decode = transcriber.decoder.decode
-
-    def counted(audio, *args, **kwargs):
-        windows.extend(len(a) / 16000 for a in audio)
-        return decode(audio, *args, **kwargs)
-
-    monkeypatch.setattr(transcriber.decoder, "decode", counted)
+    windows = record_windows(transcriber, monkeypatch)
     results = transcriber.transcribe_batch(clips)
     numbers = TextNormalizer(numbers="arabic")
     assert raw_cer([row["text"] for row in rows], [r.text for r in results], normalizer=numbers).rate < 0.15
@@ -196,14 +202,7 @@ def test_clips_too_short_for_a_word_are_answered_first_and_not_decoded(transcrib
     rows = news_rows[:3]
     speech = read_flac(rows[0]["path"])
     tiny = [speech[16000 * k: 16000 * k + 1600] for k in (1, 2)]  # 0.1 s of speech each
-    windows: list[float] = []
-    decode = transcriber.decoder.decode
-
-    def counted(audio, *args, **kwargs):
-        windows.extend(len(a) / 16000 for a in audio)
-        return decode(audio, *args, **kwargs)
-
-    monkeypatch.setattr(transcriber.decoder, "decode", counted)
+    windows = record_windows(transcriber, monkeypatch)
     order = []
     for index, result in transcriber.transcribe_iter([rows[1]["path"], tiny[0], rows[2]["path"], tiny[1]]):
         order.append(index)
