@@ -12,6 +12,7 @@ from whisper_zh.chunking import (
     AudioFile,
     hold_back_last_sentence,
     make_packs,
+    recording_runs,
     stream_spans,
     unpack,
     window_at,
@@ -50,6 +51,35 @@ def test_packs_take_the_fewest_windows_first_fit_decreasing_finds_and_keep_input
     first = packs[0]
     assert first.file is files[0] and [(m.start, m.end) for m in first.members] == [(0.0, 14.0), (14.8, 28.8)]
     assert np.all(first.audio[: 14 * SR] == 0.1) and np.all(first.audio[14 * SR + 10 : int(14.8 * SR) - 10] == 0)
+
+
+def test_consecutive_files_of_a_folder_fill_windows_in_their_order(tmp_path):
+    # Pieces of one recording, given in folder order, keep their order: each is heard after the one before it, even
+    # where first-fit decreasing would take fewer windows (14 | 20 | 14+8 in order; 14+14 | 20+8 longest first).
+    names = [f"part{k:02d}.flac" for k in range(4)]
+    for name in names:
+        (tmp_path / name).touch()
+    (tmp_path / "notes.txt").touch()
+    files = [AudioFile(k, str(tmp_path / n), np.full(int(s * SR), 0.1, np.float32), language="zh")
+             for k, (n, s) in enumerate(zip(names, [14.0, 20.0, 14.0, 8.0], strict=True))]
+    assert [len(run) for run in recording_runs(files)] == [4]
+    assert [[m.file.index for m in p.members] for p in make_packs(files)] == [[0], [1], [2, 3]]
+
+
+def test_clips_that_skip_their_folder_neighbour_are_packed_as_unrelated(tmp_path):
+    names = [f"part{k:02d}.flac" for k in range(5)]
+    for name in names:
+        (tmp_path / name).touch()
+    order = [0, 2, 1, 4, 3]  # shuffled: no clip is given right after the file before it in the folder
+    files = [AudioFile(i, str(tmp_path / names[k]), np.full(int(5.0 * SR), 0.1, np.float32), language="zh")
+             for i, k in enumerate(order)]
+    assert [len(run) for run in recording_runs(files)] == [1, 1, 1, 1, 1]
+    files += [AudioFile(5, str(tmp_path / names[4]), np.zeros(SR, np.float32), language="zh")]  # 3 then 4
+    assert [len(run) for run in recording_runs(files)] == [1, 1, 1, 1, 2]
+    # two in a row happen by chance in a shuffled folder: packed as the same clips without a folder would be
+    unrelated = [AudioFile(f.index, "<array>", f.audio, language="zh") for f in files]
+    assert [[m.file.index for m in p.members] for p in make_packs(files)] == \
+        [[m.file.index for m in p.members] for p in make_packs(unrelated)]
 
 
 def test_packs_never_mix_languages():
