@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import opencc
 import pytest
@@ -220,6 +224,24 @@ def test_a_token_budget_and_a_long_prompt_fit_together_in_the_fallback(transcrib
     decoded = transcriber.decoder.decode_with_fallback(audio, options, language="zh", words=False,
                                                        context="。".join(r["text"] for r in news_rows[:30]))
     assert cer(example_clips[0]["text"], "".join(s.text for s in decoded.segments)).rate < 0.3
+
+
+def test_a_sampled_fallback_decode_repeats_exactly_in_a_new_process(example_clips):
+    """The temperature fallback samples; unseeded, the same clip read 仇害黄自妄法 in one run and 重害皇致方法 in the
+    next, so the same files came out different from run to run. Two fresh processes must write the same text."""
+    script = (
+        "import sys\n"
+        "from tests.media import read_flac\n"
+        "from whisper_zh import DecodeOptions, Transcriber\n"
+        "decoder = Transcriber('base').decoder\n"
+        "options = DecodeOptions(temperature=(1.0,))\n"
+        "for _ in range(2):\n"
+        "    decoded = decoder.decode_with_fallback(read_flac(sys.argv[1]), options, language='zh', words=False)\n"
+        "    print(''.join(s.text for s in decoded.segments))\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", script, example_clips[1]["path"]], capture_output=True, text=True,
+                           check=True, cwd=Path(__file__).resolve().parents[1]).stdout for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0].split()) == 2
 
 
 def test_bad_inputs_in_a_batch_do_not_stop_the_others(transcriber, example_clips, tmp_path):
