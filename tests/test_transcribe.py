@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from tests.media import read_flac
 
 from whisper_zh import DecodeOptions
 from whisper_zh.decoding import cut_repetition_loop
+from whisper_zh.engines import RawWord
 from whisper_zh.errors import AudioError
 from whisper_zh.metrics import cer as raw_cer
 from whisper_zh.normalize import TextNormalizer
@@ -242,6 +244,29 @@ def test_a_sampled_fallback_decode_repeats_exactly_in_a_new_process(example_clip
     runs = [subprocess.run([sys.executable, "-c", script, example_clips[1]["path"]], capture_output=True, text=True,
                            check=True, cwd=Path(__file__).resolve().parents[1]).stdout for _ in range(2)]
     assert runs[0] == runs[1] and len(runs[0].split()) == 2
+
+
+def test_a_fallback_that_writes_the_prompt_sentence_is_decoded_again_without_it(transcriber, example_clips,
+                                                                                monkeypatch):
+    """In the guard's shuffled pool a sampled fallback wrote 普通话的句子。 (the prompt sentence) for the word 复旦,
+    and it was kept. A sample cannot be asked for, so the first fallback's text is replaced by that one; every
+    decode is the real model's. A threshold no window meets sends the clip through the fallback."""
+    real, prompts = transcriber.decoder.decode_with_fallback, []
+
+    def sampled(audio, options, **kwargs):
+        prompts.append(options.initial_prompt)
+        decoded = real(audio, options, **kwargs)
+        if len(prompts) == 1:
+            echo = decoded.segments[0]
+            words = (RawWord(echo.start, echo.end, "普通话的句子。", 0.9),)
+            decoded = dataclasses.replace(decoded, segments=(dataclasses.replace(echo, text="普通话的句子。",
+                                                                                  words=words),))
+        return decoded
+
+    monkeypatch.setattr(transcriber.decoder, "decode_with_fallback", sampled)
+    result = transcriber.transcribe(example_clips[0]["path"], DecodeOptions(log_prob_threshold=0.0))
+    assert prompts[0] is not None and prompts[1] is None
+    assert "句子" not in result.text and cer(example_clips[0]["text"], result.text).rate < 0.3
 
 
 def test_bad_inputs_in_a_batch_do_not_stop_the_others(transcriber, example_clips, tmp_path):

@@ -358,8 +358,7 @@ class _Run:
             options = bare if i in echoed else self.options
             if _needs_fallback(decoded.segments, options):
                 context = None if i in echoed or i in unprompted else task.context
-                decoded = self.decoder.decode_with_fallback(window.audio, options, language=language,
-                                                            words=words, timestamps=timestamps, context=context)
+                decoded = self._fallback(window, options, language, words, timestamps, context)
             silent = _is_silence(decoded.segments, self.options) or task.too_much_text(decoded.segments) or (
                 not task.heard_speech() and _no_speech(decoded.segments, self.options)
             )
@@ -367,6 +366,18 @@ class _Run:
             for file, seconds in progress:
                 self._credit(file, seconds)
             yield window, segments
+
+    def _fallback(self, window: Window, options: DecodeOptions, language: str, words: bool, timestamps: bool,
+                  context: str | None) -> Decoded:
+        """``window`` decoded again with the temperature fallback. Its samples can write the Mandarin prompt
+        sentence as if heard, as the first pass can (复旦 -> 普通话的句子。 in the guard's shuffled keywords): then
+        the fallback runs again without any prompt."""
+        decoded = self.decoder.decode_with_fallback(window.audio, options, language=language, words=words,
+                                                    timestamps=timestamps, context=context)
+        if options.initial_prompt is not None and _echoes_prompt(decoded.segments):
+            decoded = self.decoder.decode_with_fallback(window.audio, options.with_(initial_prompt=None),
+                                                        language=language, words=words, timestamps=timestamps)
+        return decoded
 
     def _credit(self, file: AudioFile, seconds: float) -> None:
         """Report ``seconds`` more of ``file`` decoded."""
