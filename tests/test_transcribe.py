@@ -243,7 +243,7 @@ def test_a_sampled_fallback_decode_repeats_exactly_in_a_new_process(example_clip
     )
     runs = [subprocess.run([sys.executable, "-c", script, example_clips[1]["path"]], capture_output=True, text=True,
                            check=True, cwd=Path(__file__).resolve().parents[1]).stdout for _ in range(2)]
-    assert runs[0] == runs[1] and len(runs[0].split()) == 2
+    assert runs[0] == runs[1] and len(runs[0].splitlines()) == 2
 
 
 def test_a_fallback_that_writes_the_prompt_sentence_is_decoded_again_without_it(transcriber, example_clips,

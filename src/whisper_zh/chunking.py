@@ -224,9 +224,9 @@ def make_packs(files: list[AudioFile]) -> list[Window]:
     """Whole clips in windows of at most PACK_WINDOW seconds, PACK_GAP of silence between, clips of different
     languages never in one window.
 
-    Runs of at least RUN_MIN consecutive pieces of one recording (:func:`recording_runs`) fill windows in their order, so that each is heard
-    after the speech before it, as a long recording's windows are: the Taiwan narrator's consecutive sentences read
-    3.5 points better so (bench/RESULTS.md, issue 28). Every other clip goes where first-fit decreasing puts it
+    Runs of at least RUN_MIN consecutive pieces of one recording (:func:`recording_runs`) fill windows in their
+    order, so that each is heard after the speech before it, as a long recording's windows are: the Taiwan
+    narrator's consecutive sentences read 4.75 points better so (bench/RESULTS.md, issue 28). Every other clip goes where first-fit decreasing puts it
     (:func:`_fill_fewest`): the longest first, each into the first window with room; in input order, a short
     word among sentences ended its window's text early (keywords 17 points worse in the shuffled mix)."""
     windows: list[list[AudioFile]] = []
