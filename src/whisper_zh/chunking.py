@@ -226,9 +226,10 @@ def make_packs(files: list[AudioFile]) -> list[Window]:
 
     Runs of at least RUN_MIN consecutive pieces of one recording (:func:`recording_runs`) fill windows in their
     order, so that each is heard after the speech before it, as a long recording's windows are: the Taiwan
-    narrator's consecutive sentences read 4.75 points better so (bench/RESULTS.md, issue 28). Every other clip goes where first-fit decreasing puts it
-    (:func:`_fill_fewest`): the longest first, each into the first window with room; in input order, a short
-    word among sentences ended its window's text early (keywords 17 points worse in the shuffled mix)."""
+    narrator's consecutive sentences read 4.75 points better so (bench/RESULTS.md, issue 28). Every other clip
+    goes where first-fit decreasing puts it (:func:`_fill_fewest`): the longest first, each into the first window
+    with room; in input order, a short word among sentences ended its window's text early (keywords 17 points worse
+    in the shuffled mix)."""
     windows: list[list[AudioFile]] = []
     single: list[AudioFile] = []
     for run in recording_runs(files):
