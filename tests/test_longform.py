@@ -85,6 +85,39 @@ def test_continuous_speech_comes_out_in_order_with_valid_times_and_readable_cues
     assert marks >= len(rows) / 2, result.text
 
 
+class _PromptRecorder:
+    """The real decoder, passed through, noting the text-before each window was prompted with."""
+
+    def __init__(self, decoder) -> None:
+        self.decoder, self.contexts = decoder, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.decoder, name)
+
+    def decode(self, windows, options, **kwargs):
+        self.contexts += list(kwargs.get("contexts") or [None] * len(windows))
+        return self.decoder.decode(windows, options, **kwargs)
+
+    def decode_with_fallback(self, window, options, **kwargs):
+        self.contexts.append(kwargs.get("context"))
+        return self.decoder.decode_with_fallback(window, options, **kwargs)
+
+
+def test_condition_on_previous_text_off_decodes_every_window_without_the_text_before(transcriber, aishell_rows):
+    """`DecodeOptions(condition_on_previous_text=False)` decodes every window of a long recording without the text
+    before it (it was ignored: every window after the first got it). 40 s of news read back to back: two windows
+    or more, in one stream."""
+    from whisper_zh import Transcriber
+
+    rows = [r for r in aishell_rows if "W0300" <= r["id"][-5:] <= "W0308"]
+    audio = np.concatenate([read_flac(r["path"]) for r in rows])
+    recorder = _PromptRecorder(transcriber.decoder)
+    options = DecodeOptions(condition_on_previous_text=False, batch_size=1)
+    result = Transcriber(decoder=recorder).transcribe(audio, options)
+    assert len(recorder.contexts) >= 2 and result.text
+    assert not any(recorder.contexts), recorder.contexts
+
+
 # -- the property test ----------------------------------------------------------------------------------
 
 

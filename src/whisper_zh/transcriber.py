@@ -305,7 +305,7 @@ class _Run:
     def _stream(self, file: AudioFile, span: Span, *, credit: bool = True) -> _Stream:
         # Segments of a cut recording are rebuilt from word times; packs are split back by them.
         words = self.decoder.aligns_words and (self.options.word_timestamps or file.regions is not None)
-        return _Stream(file, span, words=words, credit=credit)
+        return _Stream(file, span, words=words, credit=credit, conditioned=self.options.condition_on_previous_text)
 
     def _assign_languages(self, files: list[AudioFile]) -> None:
         for file in files:
@@ -456,8 +456,10 @@ class _Stream:
 
     timestamps = True
 
-    def __init__(self, file: AudioFile, span: Span, *, words: bool, credit: bool = True) -> None:
-        self.file, self.span, self.words, self.credit = file, span, words, credit
+    def __init__(self, file: AudioFile, span: Span, *, words: bool, credit: bool = True,
+                 conditioned: bool = True) -> None:
+        # conditioned: each window prompted with the text before it (DecodeOptions.condition_on_previous_text)
+        self.file, self.span, self.words, self.credit, self.conditioned = file, span, words, credit, conditioned
         self.context: str | None = None
         self.done = span.end - span.start < MIN_WINDOW
         self.head = window_at(file, span.start, span.end)
@@ -503,7 +505,7 @@ class _Stream:
         if kept and last >= MIN_STEP and speech_after(self.file, window.offset + last + EARLY_STOP_SLACK,
                                                           window.offset + step):
             step = min(step, last)
-        trusted = kept and all(s.temperature <= PROMPT_RESET_TEMPERATURE for s in kept)
+        trusted = self.conditioned and kept and all(s.temperature <= PROMPT_RESET_TEMPERATURE for s in kept)
         text = "".join(s.text for s in kept).strip() if trusted else ""
         self.context = (((self.context or "") + text)[-CONTEXT_CHARS:] or None) if trusted else None
         position = window.offset + step
