@@ -43,6 +43,7 @@ from whisper_zh.models import resolve_model
 from whisper_zh.normalize import CJK_RANGES, has_cjk
 from whisper_zh.results import Segment, Transcription
 from whisper_zh.segments import (
+    UNCOVERED_SECONDS,
     Piece,
     build_segments,
     pieces_within,
@@ -277,25 +278,28 @@ class _Run:
         """The safety net: speech that VAD hears and no segment covers (the decoder skipped it: another voice in
         the middle of a window, a window's text dropped as made up) is decoded again on its own, one stream over
         each such stretch, and what that hears there joins the recording's pieces (build_segments puts them in
-        time order). Speech still without a segment is reported (Transcription.uncovered and a warning), never
-        dropped silently. Packed clips are checked too, after their own checks (chunking.unpack)."""
-        gaps = {f: uncovered_speech(f.regions, segment_spans(pieces[f], f.regions), f.duration)
-                for f in files if f.regions}
-        tasks = [self._stream(f, span, credit=False) for f, spans in gaps.items()
-                 for span in redo_spans(spans, f.duration)]
-        if not tasks:
-            return
-        logger.info("%d stretches of speech without text decoded again on their own", len(tasks))
-        again: dict[AudioFile, list[Piece]] = {f: [] for f in gaps}
-        self._decode_into(again, tasks)
-        for file, spans in gaps.items():
-            if not spans:
-                continue
-            found = pieces_within(again[file], spans, pieces[file])
-            # the spans where the second pass heard words: what the first wrote there (a loop's tail) gives way
-            heard = [s for s in spans if any(s.start <= (w.start + w.end) / 2 <= s.end
-                                             for p in found for w in p.segment.words or ())]
-            pieces[file] = without_words_within(pieces[file], heard) + found
+        time order). A stretch decoded again can be skipped again (Whisper leaves out a window's first sentences
+        now and then): what is still uncovered is then decoded once more, each stretch of speech on its own.
+        Speech still without a segment is reported (Transcription.uncovered and a warning), never dropped
+        silently. Packed clips are checked too, after their own checks (chunking.unpack)."""
+        checked = [f for f in files if f.regions]
+        tried: dict[AudioFile, set[Span]] = {f: set() for f in checked}
+        pending = checked
+        for join in COVER_JOINS:
+            gaps = {f: uncovered_speech(f.regions or [], segment_spans(pieces[f], f.regions), f.duration)
+                    for f in pending}
+            pending = [f for f in pending if gaps[f]]
+            spans = {f: [s for s in redo_spans(gaps[f], f.duration, join=join) if s not in tried[f]] for f in pending}
+            tasks = [self._stream(f, span, credit=False) for f in pending for span in spans[f]]
+            if not tasks:
+                break
+            logger.info("%d stretches of speech without text decoded again on their own", len(tasks))
+            again: dict[AudioFile, list[Piece]] = {f: [] for f in pending}
+            self._decode_into(again, tasks)
+            for file in pending:
+                tried[file].update(spans[file])
+                pieces[file] = _merge_found(pieces[file], again[file], gaps[file])
+        for file in (f for f in checked if tried[f]):  # the others had no uncovered speech to begin with
             file.uncovered = uncovered_speech(file.regions or [], segment_spans(pieces[file], file.regions),
                                               file.duration)
             for span in file.uncovered:
@@ -406,6 +410,20 @@ def _warn_untranslated(source: str, segments: Sequence[Segment]) -> None:
         logger.warning("%s: %d of %d translated segment(s) still hold Chinese characters (e.g. %r); a larger "
                        "model translates better, or transcribe and translate the text", source, len(mixed),
                        len(segments), mixed[0].text[:40])
+
+
+def _merge_found(pieces: list[Piece], again: list[Piece], gaps: list[Span]) -> list[Piece]:
+    """``pieces`` with what a second pass (``again``) heard inside ``gaps``; where it heard words, what the first
+    pass wrote there (a loop's tail) gives way."""
+    found = pieces_within(again, gaps, pieces)
+    heard = [s for s in gaps if any(s.start <= (w.start + w.end) / 2 <= s.end
+                                    for p in found for w in p.segment.words or ())]
+    return without_words_within(pieces, heard) + found
+
+
+# The safety net's rounds (_Run._cover): stretches of uncovered speech less than this apart (seconds) are decoded
+# again together, then, for what is still uncovered, each on its own.
+COVER_JOINS = (UNCOVERED_SECONDS, 0.0)
 
 
 # A window with less final text than this (seconds) is taken whole: nothing in it was final, and a stream must
