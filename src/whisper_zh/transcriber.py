@@ -286,8 +286,7 @@ class _Run:
         tried: dict[AudioFile, set[Span]] = {f: set() for f in checked}
         pending = checked
         for join in COVER_JOINS:
-            gaps = {f: uncovered_speech(f.regions or [], segment_spans(pieces[f], f.regions), f.duration)
-                    for f in pending}
+            gaps = {f: _uncovered(f, pieces[f]) for f in pending}
             pending = [f for f in pending if gaps[f]]
             spans = {f: [s for s in redo_spans(gaps[f], f.duration, join=join) if s not in tried[f]] for f in pending}
             tasks = [self._stream(f, span, credit=False) for f in pending for span in spans[f]]
@@ -300,8 +299,7 @@ class _Run:
                 tried[file].update(spans[file])
                 pieces[file] = _merge_found(pieces[file], again[file], gaps[file])
         for file in (f for f in checked if tried[f]):  # the others had no uncovered speech to begin with
-            file.uncovered = uncovered_speech(file.regions or [], segment_spans(pieces[file], file.regions),
-                                              file.duration)
+            file.uncovered = _uncovered(file, pieces[file])
             for span in file.uncovered:
                 logger.warning("%s: %.1f-%.1f s: voice activity detection hears speech there, but no text was "
                                "decoded", file.source, span.start, span.end)
@@ -410,6 +408,11 @@ def _warn_untranslated(source: str, segments: Sequence[Segment]) -> None:
         logger.warning("%s: %d of %d translated segment(s) still hold Chinese characters (e.g. %r); a larger "
                        "model translates better, or transcribe and translate the text", source, len(mixed),
                        len(segments), mixed[0].text[:40])
+
+
+def _uncovered(file: AudioFile, pieces: list[Piece]) -> list[Span]:
+    """The speech VAD hears in ``file`` that no segment of ``pieces`` covers."""
+    return uncovered_speech(file.regions or [], segment_spans(pieces, file.regions), file.duration)
 
 
 def _merge_found(pieces: list[Piece], again: list[Piece], gaps: list[Span]) -> list[Piece]:
